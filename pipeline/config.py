@@ -1,0 +1,259 @@
+"""The one settings object of guardstream.
+
+Every option is a field of :class:`Settings`. Its environment variable is ``GUARD_`` + the
+field name in upper case and its CLI flag is ``--`` + the field name with dashes, so the three
+spellings can never drift apart. Precedence: CLI flag > environment > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "GUARD_"
+
+
+def _opt(help_text: str, group: str, choices: Sequence[str] | None = None) -> dict[str, Any]:
+    return {"help": help_text, "group": group, "choices": tuple(choices) if choices else None}
+
+
+@dataclass(frozen=True)
+class Settings:
+    # --- Kafka -------------------------------------------------------------------------
+    kafka_bootstrap: str = field(
+        default="127.0.0.1:9092", metadata=_opt("Kafka bootstrap servers (host:port,...)", "kafka")
+    )
+    kafka_security_protocol: str = field(
+        default="PLAINTEXT",
+        metadata=_opt(
+            "Kafka security.protocol", "kafka", ["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+        ),
+    )
+    kafka_sasl_mechanism: str = field(
+        default="", metadata=_opt("Kafka sasl.mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)", "kafka")
+    )
+    kafka_sasl_username: str = field(default="", metadata=_opt("Kafka SASL username", "kafka"))
+    kafka_sasl_password: str = field(default="", metadata=_opt("Kafka SASL password", "kafka"))
+    kafka_ssl_ca_location: str = field(default="", metadata=_opt("CA bundle for Kafka TLS", "kafka"))
+    kafka_ssl_certificate_location: str = field(
+        default="", metadata=_opt("Client certificate for Kafka mTLS", "kafka")
+    )
+    kafka_ssl_key_location: str = field(default="", metadata=_opt("Client key for Kafka mTLS", "kafka"))
+    kafka_extra: str = field(
+        default="",
+        metadata=_opt("Extra librdkafka properties passed through, 'key=value,key=value'", "kafka"),
+    )
+    topic_in: str = field(default="guard.in", metadata=_opt("Topic of incoming TokenDeltas", "topics"))
+    topic_verdicts: str = field(default="guard.verdicts", metadata=_opt("Topic of Verdicts", "topics"))
+    topic_dlq: str = field(default="guard.in.dlq", metadata=_opt("Dead-letter topic for bad input", "topics"))
+    partitions: int = field(default=8, metadata=_opt("Partitions of the input topic", "topics"))
+    replication_factor: int = field(default=1, metadata=_opt("Replication factor of created topics", "topics"))
+    # --- Redis -------------------------------------------------------------------------
+    redis_url: str = field(
+        default="redis://127.0.0.1:6379/0",
+        metadata=_opt("Redis URL (rediss:// for TLS)", "redis"),
+    )
+    state_ttl_s: int = field(
+        default=86400, metadata=_opt("Idle conversations' state expires after this many seconds", "redis")
+    )
+    # --- local stack ---------------------------------------------------------------------
+    state_dir: str = field(
+        default=".guardstream",
+        metadata=_opt("Directory for the local stack's data, logs and PIDs", "stack"),
+    )
+    kafka_port: int = field(default=9092, metadata=_opt("Port of the local Kafka broker", "stack"))
+    kafka_controller_port: int = field(
+        default=9093, metadata=_opt("Port of the local Kafka KRaft controller", "stack")
+    )
+    redis_port: int = field(default=6379, metadata=_opt("Port of the local Redis", "stack"))
+    # --- model and policy ----------------------------------------------------------------
+    model: str = field(
+        default="",
+        metadata=_opt("Model: a local directory (checkpoint or ONNX export) or a Hugging Face id", "model"),
+    )
+    policy_file: str = field(
+        default="", metadata=_opt("YAML/JSON file of per-tenant policies (strict/loose, categories)", "model")
+    )
+    default_policy: str = field(
+        default="strict", metadata=_opt("Policy for tenants not in the policy file", "model", ["strict", "loose"])
+    )
+    device: str = field(
+        default="auto", metadata=_opt("Where to run the model", "model", ["auto", "cpu", "cuda"])
+    )
+    precision: str = field(
+        default="auto",
+        metadata=_opt("Numeric precision (auto: fp32 on CPU, fp16/bf16 on GPU)", "model",
+                      ["auto", "fp32", "fp16", "bf16"]),
+    )
+    max_context_tokens: int = field(
+        default=8192, metadata=_opt("Longest conversation, in tokens, the model is run on", "model")
+    )
+    # --- stream worker -------------------------------------------------------------------
+    stream_group: str = field(
+        default="guardstream-stream", metadata=_opt("Consumer group of stream workers", "worker")
+    )
+    generative_group: str = field(
+        default="guardstream-generative", metadata=_opt("Consumer group of generative workers", "worker")
+    )
+    max_batch_tokens: int = field(
+        default=1024, metadata=_opt("Most new tokens in one engine step across conversations", "worker")
+    )
+    max_batch_wait_ms: int = field(
+        default=10, metadata=_opt("Longest wait to fill a micro-batch, milliseconds", "worker")
+    )
+    max_inflight_deltas: int = field(
+        default=5000, metadata=_opt("Buffered deltas before partitions are paused (backpressure)", "worker")
+    )
+    progress_every_tokens: int = field(
+        default=16, metadata=_opt("Emit a progress watermark every N scored tokens (0: only at final)", "worker")
+    )
+    max_text_bytes: int = field(
+        default=65536, metadata=_opt("Largest accepted text in one delta, bytes (larger: DLQ)", "worker")
+    )
+    gap_timeout_ms: int = field(
+        default=30000, metadata=_opt("How long a seq gap is held before it is reported to the DLQ", "worker")
+    )
+    kv_cache_bytes: int = field(
+        default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
+    )
+    gen_max_batch: int = field(default=8, metadata=_opt("Generative worker: largest batch", "worker"))
+    gen_concurrency: int = field(
+        default=1, metadata=_opt("Generative worker: model calls in flight at once", "worker")
+    )
+    # --- operations ----------------------------------------------------------------------
+    metrics_port: int = field(
+        default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")
+    )
+    log_level: str = field(
+        default="INFO", metadata=_opt("Log level", "ops", ["DEBUG", "INFO", "WARNING", "ERROR"])
+    )
+    log_text: bool = field(
+        default=False, metadata=_opt("Include message text in logs (off: privacy by default)", "ops")
+    )
+
+    # ---------------------------------------------------------------------------------------
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka properties for any client: bootstrap plus security pass-through."""
+        conf: dict[str, Any] = {"bootstrap.servers": self.kafka_bootstrap}
+        if self.kafka_security_protocol != "PLAINTEXT":
+            conf["security.protocol"] = self.kafka_security_protocol
+        pairs = {
+            "sasl.mechanism": self.kafka_sasl_mechanism,
+            "sasl.username": self.kafka_sasl_username,
+            "sasl.password": self.kafka_sasl_password,
+            "ssl.ca.location": self.kafka_ssl_ca_location,
+            "ssl.certificate.location": self.kafka_ssl_certificate_location,
+            "ssl.key.location": self.kafka_ssl_key_location,
+        }
+        conf.update({k: v for k, v in pairs.items() if v})
+        conf.update(parse_kv_list(self.kafka_extra))
+        conf.update(overrides)
+        return conf
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_kv_list(text: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise ConfigError(f"kafka_extra item {item!r} is not key=value; write e.g. 'linger.ms=5'")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+class ConfigError(ValueError):
+    """A setting has a value that cannot work; the message says how to fix it."""
+
+
+def env_var(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def cli_flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def settings_fields() -> tuple[dataclasses.Field[Any], ...]:
+    return dataclasses.fields(Settings)
+
+
+def _coerce(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(raw)
+        if kind == "int":
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"{source}={raw!r} is not a valid {kind}") from None
+    choices = f.metadata.get("choices")
+    if choices and raw not in choices:
+        raise ConfigError(f"{source}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Defaults, then the environment, then explicit overrides (parsed CLI flags)."""
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for f in settings_fields():
+        var = env_var(f.name)
+        if var in env:
+            values[f.name] = _coerce(f, env[var], var)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = value
+    return Settings(**values)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add CLI flags for the named settings; their defaults come from env/defaults later."""
+    by_name = {f.name: f for f in settings_fields()}
+    for name in names:
+        f = by_name[name]
+        default = f.default
+        help_text = f"{f.metadata['help']} [env {env_var(name)}; default {default!r}]"
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+        if kind == "bool":
+            parser.add_argument(
+                cli_flag(name), dest=name, default=None, action=argparse.BooleanOptionalAction,
+                help=help_text,
+            )
+        else:
+            parser.add_argument(
+                cli_flag(name), dest=name, default=None, type=int if kind == "int" else str,
+                choices=f.metadata.get("choices"), help=help_text, metavar=name.upper(),
+            )
+
+
+def settings_from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Settings:
+    names = {f.name for f in settings_fields()}
+    return load_settings(environ, {k: v for k, v in vars(args).items() if k in names})
+
+
+def settings_markdown_table() -> str:
+    """The README's configuration table, generated so that it cannot drift from the code."""
+    rows = ["| env var | CLI flag | default | meaning |", "|---|---|---|---|"]
+    for f in settings_fields():
+        default = f.default if f.default != "" else "(empty)"
+        rows.append(f"| `{env_var(f.name)}` | `{cli_flag(f.name)}` | `{default}` | {f.metadata['help']} |")
+    return "\n".join(rows)
+
+
+def state_path(settings: Settings) -> Path:
+    return Path(settings.state_dir).resolve()
