@@ -79,7 +79,7 @@ def load_policy_book(path: str | None, default_mode: str = "strict") -> PolicyBo
             import yaml
 
             data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error is the user's to fix
+    except Exception as exc:
         raise UserError(f"policy file {path} does not parse: {exc}") from None
     if not isinstance(data, dict):
         raise UserError(f"policy file {path}: expected a mapping with 'default' and 'tenants'")

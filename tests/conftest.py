@@ -11,5 +11,6 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest_plugins = [
     "tests.fixtures.stack",   # real Kafka + Redis on loopback
-    "tests.fixtures.models",  # tokenizer, random checkpoints, ONNX exports
+    "tests.fixtures.models",  # tokenizer, random torch checkpoints
+    "tests.fixtures.onnx",    # ONNX exports of those checkpoints
 ]
