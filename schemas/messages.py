@@ -69,6 +69,9 @@ class Verdict(msgspec.Struct, omit_defaults=True):
     latency_ms: int | None = None
     tenant: str | None = None
     token_labels: list[Risk] | None = None
+    # Generative rulings only: tokens of the message text elided to fit the model's context
+    # (long-message policy, docs/generative.md); absent when the whole text was judged.
+    truncated_tokens: NonNegative | None = None
 
 
 class DlqRecord(msgspec.Struct, omit_defaults=True):
@@ -101,7 +104,7 @@ _encoder = msgspec.json.Encoder()
 
 def decode_delta(raw: bytes | None, max_text_bytes: int = 65536) -> TokenDelta:
     """Decode and validate one ``guard.in`` value; raise MessageError with a DLQ reason."""
-    if raw is None:
+    if not raw:
         raise MessageError("empty message: a TokenDelta JSON object is required")
     try:
         raw.decode("utf-8")

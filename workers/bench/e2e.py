@@ -1,9 +1,355 @@
-"""`guardstream bench e2e`: placeholder until its owner lands it."""
+"""``guardstream bench e2e``: the whole path through Kafka, guardstream vs the official approach.
+
+Per level of concurrent conversations, a fresh set of topics, one stream worker (in this
+process, so both modes share one loaded model), and a paced frontend: every conversation streams
+one Qwen3 token per delta at ``--rate`` tokens/s, starts staggered over a second, and a reader
+follows the verdicts. Verdict latency = verdict consumed - the delta it clears was produced
+(progress: the delta at ``cleared_through_seq``; final: the message's last delta). Throughput =
+deltas and scored tokens over the time from the first delta produced to the last verdict read.
+
+The baseline is the same worker with :class:`FullRecomputeEngine` (full re-run per token, batch 1).
+"""
 
 from __future__ import annotations
 
+import argparse
+import heapq
+import json
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
+
+from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.errors import UserError
+
+_SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
+             "progress_every_tokens", "device")
+
+USER_TEXT = ("Could you explain how photosynthesis works in simple terms, and why plants need sunlight, "
+             "water and carbon dioxide to grow?")
+ASSISTANT_TEXT = ("Plants capture sunlight with chlorophyll in their leaves. They use that energy to turn water "
+                  "from the soil and carbon dioxide from the air into sugar, which feeds the plant, and they "
+                  "release oxygen as a by-product. Without light the process stops, so plants grow slowly in "
+                  "the dark and their leaves turn pale.")
 
 
 def register(sub: Any) -> None:
-    """Not yet registered."""
+    p = sub.add_parser("e2e", help="deltas/s, tokens/s and verdict latency through Kafka vs concurrent "
+                                   "conversations, with the official full re-run approach as baseline")
+    p.add_argument("--quick", action="store_true", help="small levels and short texts (a minute or two)")
+    p.add_argument("--model", default="", help="ONNX export or checkpoint (default: a random tiny one)")
+    p.add_argument("--levels", default="", help="comma-separated conversation counts (default 1,10,100,1000)")
+    p.add_argument("--baseline-levels", default="", help="levels for the baseline (default: those up to 100)")
+    p.add_argument("--rate", type=float, default=20.0, help="tokens per second per conversation (an LLM's pace)")
+    p.add_argument("--level-timeout-s", type=float, default=180.0, help="give up on a level after this long")
+    p.add_argument("--out", default="bench-results/e2e", help="where JSON and PNG go")
+    add_settings_arguments(p, _SETTINGS)
+    p.set_defaults(func=run)
+
+
+@dataclass
+class LevelResult:
+    mode: str
+    conversations: int
+    deltas: int
+    tokens_scored: int
+    seconds: float
+    deltas_per_s: float
+    tokens_per_s: float
+    offered_tokens_per_s: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    final_latency_p50_ms: float | None
+    final_latency_p99_ms: float | None
+    finals_expected: int
+    finals_seen: int
+    completed: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipeline.stack.probes import kafka_answers, redis_answers
+
+    settings = settings_from_args(args)
+    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
+        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
+    levels = _levels(args.levels, (1, 5, 20) if args.quick else (1, 10, 100, 1000))
+    baseline_levels = _levels(args.baseline_levels, tuple(n for n in levels if n <= (5 if args.quick else 100)))
+    user_text, assistant_text = (USER_TEXT[:60], ASSISTANT_TEXT[:120]) if args.quick else (USER_TEXT, ASSISTANT_TEXT)
+    engine, model_path, model_label = _engine(args.model, settings)
+    from workers.stream.baseline import FullRecomputeEngine
+
+    results: list[LevelResult] = []
+    for mode in ("guardstream", "baseline"):
+        for n in (levels if mode == "guardstream" else baseline_levels):
+            wrapped = engine if mode == "guardstream" else FullRecomputeEngine(engine)
+            print(f"[{mode}] {n} concurrent conversations ...", flush=True)
+            result = run_level(settings.replace(model=model_path), wrapped, mode, n, user_text, assistant_text,
+                               args.rate, args.level_timeout_s)
+            print("   " + _row(result), flush=True)
+            results.append(result)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"model": model_label, "rate_tokens_per_s_per_conversation": args.rate, "quick": args.quick,
+               "cpu_count": _cpu_count(), "results": [asdict(r) for r in results]}
+    (out / "e2e.json").write_text(json.dumps(payload, indent=2))
+    _plot(results, out / "e2e.png")
+    print(markdown_table(results))
+    print(f"wrote {out / 'e2e.json'} and {out / 'e2e.png'}")
+    return 0
+
+
+def _levels(raw: str, default: tuple[int, ...]) -> tuple[int, ...]:
+    if not raw:
+        return default
+    try:
+        return tuple(int(x) for x in raw.split(",") if x.strip())
+    except ValueError:
+        raise UserError(f"levels must be comma-separated integers, got {raw!r}") from None
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def _engine(model: str, settings: Settings) -> tuple[Any, str, str]:
+    """(engine, folder with config.json and tokenizer, label)."""
+    from pipeline.onnx.engine import open_stream_engine
+    from pipeline.onnx.layout import is_export_dir
+
+    if model:
+        return open_stream_engine(model, settings), model, model
+    folder = Path(settings.state_dir) / "bench" / "tiny-random-onnx"
+    if not is_export_dir(folder):
+        from pipeline.model.checkpoint import init_random_stream
+        from pipeline.onnx.export import export_stream_model
+
+        checkpoint = init_random_stream(Path(settings.state_dir) / "bench" / "tiny-random", "tiny", seed=0)
+        export_stream_model(str(checkpoint), folder)
+    return open_stream_engine(str(folder), settings), str(folder), "random tiny checkpoint (ONNX fp32)"
+
+
+# --- one level -----------------------------------------------------------------------------------
+def run_level(settings: Settings, engine: Any, mode: str, conversations: int, user_text: str,
+              assistant_text: str, rate: float, timeout_s: float) -> LevelResult:
+    from pipeline.chunking import chunk_text
+    from pipeline.kafka.topics import delete_topics, ensure_topics
+    from pipeline.tokens.files import load_qwen3_tokenizer
+    from workers.stream.app import build_worker
+    from workers.stream.metrics import StreamMetrics
+
+    prefix = f"bench{uuid.uuid4().hex[:8]}"
+    s = settings.replace(topic_in=f"{prefix}.guard.in", topic_verdicts=f"{prefix}.guard.verdicts",
+                         topic_dlq=f"{prefix}.guard.in.dlq", stream_group=f"{prefix}-stream", metrics_port=0,
+                         log_level="WARNING")
+    ensure_topics(s)
+    tokenizer = load_qwen3_tokenizer()
+    user_tokens = chunk_text(user_text, "tokens", 1, tokenizer=tokenizer)
+    assistant_tokens = chunk_text(assistant_text, "tokens", 1, tokenizer=tokenizer)
+    metrics = StreamMetrics()
+    worker = build_worker(s, metrics, engine=engine)
+    stop = threading.Event()
+    worker_thread = threading.Thread(target=worker.run, args=(stop,), name="bench-worker", daemon=True)
+    reader = _VerdictReader(s)
+    try:
+        worker_thread.start()
+        deadline = time.monotonic() + 60
+        while len(worker.owned_partitions) < s.partitions and time.monotonic() < deadline:
+            time.sleep(0.1)
+        reader.start()
+        produced, first_ts = _produce_paced(s, prefix, conversations, user_tokens, assistant_tokens, rate)
+        finals_expected = 2 * conversations
+        end_by = time.monotonic() + timeout_s
+        while reader.finals() < finals_expected and time.monotonic() < end_by:
+            time.sleep(0.1)
+        completed = reader.finals() >= finals_expected
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        worker_thread.join(60)
+        reader.stop()
+        delete_topics(s, [s.topic_in, s.topic_verdicts, s.topic_dlq])
+    return _summarise(mode, conversations, produced, first_ts, reader.seen, int(metrics.tokens._value.get()),
+                      finals_expected, completed, rate, len(user_tokens) + len(assistant_tokens))
+
+
+def _produce_paced(settings: Settings, prefix: str, conversations: int, user_tokens: list[str],
+                   assistant_tokens: list[str], rate: float) -> tuple[dict[tuple[str, int, int], int], int]:
+    from pipeline.kafka.clients import make_producer
+    from schemas.messages import TokenDelta, encode
+
+    overrides: dict[str, Any] = {"linger.ms": 1}
+    producer = make_producer(settings, **overrides)
+    interval = 1.0 / rate if rate > 0 else 0.0
+    start = time.monotonic() + 0.2
+    # (due time, conversation, message, seq)
+    queue: list[tuple[float, int, int, int]] = [(start + i / max(1, conversations), i, 0, 0)
+                                                for i in range(conversations)]
+    heapq.heapify(queue)
+    produced: dict[tuple[str, int, int], int] = {}
+    messages = (("user", user_tokens), ("assistant", assistant_tokens))
+    first_ts = 0
+    while queue:
+        due, conv, msg, seq = heapq.heappop(queue)
+        wait = due - time.monotonic()
+        if wait > 0:
+            producer.poll(0)
+            time.sleep(min(wait, 0.05))
+            if due - time.monotonic() > 0:
+                heapq.heappush(queue, (due, conv, msg, seq))
+                continue
+        role, tokens = messages[msg]
+        cid = f"{prefix}-{conv}"  # unique per level: no KV cache carried over between levels
+        ts = int(time.time() * 1000)
+        first_ts = first_ts or ts
+        delta = TokenDelta(conversation_id=cid, message_index=msg, role=role, seq=seq,  # type: ignore[arg-type]
+                           text=tokens[seq], final=seq == len(tokens) - 1, ts_ms=ts)
+        while True:
+            try:
+                producer.produce(settings.topic_in, key=cid, value=encode(delta))
+                break
+            except BufferError:
+                producer.poll(0.05)
+        produced[(cid, msg, seq)] = ts
+        if seq + 1 < len(tokens):
+            heapq.heappush(queue, (due + interval, conv, msg, seq + 1))
+        elif msg == 0:
+            heapq.heappush(queue, (due + interval, conv, 1, 0))
+    producer.flush(60)
+    return produced, first_ts
+
+
+class _VerdictReader:
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        from pipeline.kafka.clients import consumer_config
+
+        self._consumer = Consumer(consumer_config(settings, f"bench-reader-{uuid.uuid4().hex[:8]}"))
+        self._consumer.assign([TopicPartition(settings.topic_verdicts, p, OFFSET_BEGINNING)
+                               for p in range(settings.partitions)])
+        self.seen: list[tuple[int, Any]] = []   # (consumed at, Verdict)
+        self._finals = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finals(self) -> int:
+        return self._finals
+
+    def _run(self) -> None:
+        from schemas.messages import decode_verdict
+
+        while not self._stop.is_set():
+            for msg in self._consumer.consume(500, 0.05):
+                value = msg.value()
+                if msg.error() is not None or value is None:
+                    continue
+                at = int(time.time() * 1000)
+                verdict = decode_verdict(value)
+                self.seen.append((at, verdict))
+                if verdict.kind == "final":
+                    self._finals += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self._consumer.close()
+
+
+def _percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def _summarise(mode: str, conversations: int, produced: dict[tuple[str, int, int], int], first_ts: int,
+               seen: list[tuple[int, Any]], tokens: int, finals_expected: int, completed: bool, rate: float,
+               tokens_per_conversation: int) -> LevelResult:
+    last_seq: dict[tuple[str, int], int] = {}
+    for cid, msg, seq in produced:
+        last_seq[(cid, msg)] = max(last_seq.get((cid, msg), -1), seq)
+    latencies: list[float] = []
+    final_latencies: list[float] = []
+    for at, v in seen:
+        seq: int | None = (v.cleared_through_seq if v.kind == "progress"
+                           else last_seq.get((v.conversation_id, v.message_index)))
+        if seq is None or seq < 0:
+            continue
+        sent = produced.get((v.conversation_id, v.message_index, seq))
+        if sent is None:
+            continue
+        latencies.append(float(at - sent))
+        if v.kind == "final":
+            final_latencies.append(float(at - sent))
+    last = max((at for at, _ in seen), default=first_ts)
+    seconds = max(1e-3, (last - first_ts) / 1000.0)
+    finals = sum(1 for _, v in seen if v.kind == "final")
+    notes = [] if completed else [f"stopped after the level timeout with {finals}/{finals_expected} final verdicts"]
+    return LevelResult(
+        mode=mode, conversations=conversations, deltas=len(produced), tokens_scored=tokens, seconds=seconds,
+        deltas_per_s=len(produced) / seconds, tokens_per_s=tokens / seconds,
+        offered_tokens_per_s=conversations * rate,
+        latency_p50_ms=_percentile(latencies, 0.5), latency_p99_ms=_percentile(latencies, 0.99),
+        final_latency_p50_ms=_percentile(final_latencies, 0.5),
+        final_latency_p99_ms=_percentile(final_latencies, 0.99),
+        finals_expected=finals_expected, finals_seen=finals, completed=completed, notes=notes,
+    )
+
+
+# --- reporting -------------------------------------------------------------------------------------
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:,.0f}"
+
+
+def _row(r: LevelResult) -> str:
+    return (f"{r.deltas_per_s:,.0f} deltas/s, {r.tokens_per_s:,.0f} tokens/s, latency p50 {_fmt(r.latency_p50_ms)} "
+            f"ms p99 {_fmt(r.latency_p99_ms)} ms, finals {r.finals_seen}/{r.finals_expected}")
+
+
+def markdown_table(results: list[LevelResult]) -> str:
+    rows = ["| mode | conversations | deltas/s | tokens/s | latency p50 ms | latency p99 ms | final p50 ms | "
+            "final p99 ms | finals |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        rows.append(f"| {r.mode} | {r.conversations} | {r.deltas_per_s:,.0f} | {r.tokens_per_s:,.0f} | "
+                    f"{_fmt(r.latency_p50_ms)} | {_fmt(r.latency_p99_ms)} | {_fmt(r.final_latency_p50_ms)} | "
+                    f"{_fmt(r.final_latency_p99_ms)} | {r.finals_seen}/{r.finals_expected} |")
+    return "\n".join(rows)
+
+
+def _plot(results: list[LevelResult], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4))
+    for mode, style in (("guardstream", "-o"), ("baseline", "--s")):
+        rs = [r for r in results if r.mode == mode and r.latency_p50_ms is not None]
+        if not rs:
+            continue
+        xs = [r.conversations for r in rs]
+        ax_lat.plot(xs, [r.latency_p50_ms for r in rs], style, label=f"{mode} p50")
+        ax_lat.plot(xs, [r.latency_p99_ms for r in rs], style, alpha=0.5, label=f"{mode} p99")
+        ax_tp.plot(xs, [r.tokens_per_s for r in rs], style, label=mode)
+    for ax, title, ylabel in ((ax_lat, "verdict latency (delta produced -> verdict read)", "ms"),
+                              (ax_tp, "tokens scored per second", "tokens/s")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent conversations")
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+

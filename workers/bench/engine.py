@@ -1,9 +1,174 @@
-"""`guardstream bench engine`: placeholder until its owner lands it."""
+"""``guardstream bench engine``: incremental ORT engine vs the official re-run-the-prefix approach.
+
+Prints a table, writes ``engine.json`` and ``engine.png`` into ``--out``. ``--size`` makes (once,
+cached under the state dir) a random checkpoint of that size and its fp32 export; ``--model``
+takes an export directory or a checkpoint instead.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
 from typing import Any
+
+DEFAULT_OUT = Path("bench-results/engine")
 
 
 def register(sub: Any) -> None:
-    """Not yet registered."""
+    from pipeline.config import add_settings_arguments
+
+    parser = sub.add_parser(
+        "engine",
+        help="Per-token cost vs context, tokens/s vs batch and chunk size, against the re-run-the-prefix baseline",
+    )
+    parser.add_argument("--model", default="", help="Export dir or checkpoint (default: a random --size model)")
+    parser.add_argument("--size", choices=("tiny", "0.6b"), default="0.6b",
+                        help="Random model to make when --model is not given (default 0.6b)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
+    parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run in seconds")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: all usable cores)")
+    add_settings_arguments(parser, ["state_dir", "device"])
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from pipeline.config import settings_from_args
+    from pipeline.onnx.engine import OnnxStreamEngine
+    from workers.bench.engine_cases import BenchPlan, EngineBench
+
+    settings = settings_from_args(args)
+    console = Console(stderr=True)
+
+    def say(message: str) -> None:
+        console.print(f"[dim]bench engine[/]: {message}")
+
+    export_dir = _export_dir(args, settings, say)
+    say(f"loading {export_dir}")
+    engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device, kv_cache_bytes=6 * 1024**3,
+                                       threads=args.threads or None)
+    plan = BenchPlan.quick() if args.quick else BenchPlan.full()
+    started = time.monotonic()
+    result = EngineBench(engine, plan, say).run()
+    report = {
+        "command": "guardstream bench engine " + " ".join(_argv(args)),
+        "machine": machine_description(engine.session.get_providers()),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": {"name": engine.model_name, "precision": engine.info.precision,
+                  "layers": engine.info.num_layers, "kv_bytes_per_token": engine.info.kv_bytes_per_token},
+        "seconds": round(time.monotonic() - started, 1),
+        "plan": plan.__dict__,
+        "results": result.as_dict(),
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engine.json").write_text(json.dumps(report, indent=2) + "\n")
+    _plot(report, args.out / "engine.png")
+    Console().print(render_tables(report))
+    say(f"wrote {args.out / 'engine.json'} and {args.out / 'engine.png'}")
+    return 0
+
+
+def _argv(args: argparse.Namespace) -> list[str]:
+    parts = [f"--model {args.model}"] if args.model else [f"--size {args.size}"]
+    if args.quick:
+        parts.append("--quick")
+    return parts
+
+
+def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
+    from pipeline.errors import UserError
+    from pipeline.onnx.layout import is_export_dir
+
+    if args.model:
+        folder = Path(args.model)
+        if is_export_dir(folder):
+            return folder
+        if not folder.exists():
+            raise UserError(f"--model {folder} does not exist; pass an export dir, a checkpoint dir, or use --size")
+    size = "tiny" if args.quick and not args.model else args.size
+    root = Path(settings.state_dir) / "bench-models"
+    export_dir = root / f"{size}-onnx-fp32"
+    if is_export_dir(export_dir):
+        return export_dir
+    try:
+        from pipeline.model.checkpoint import init_random_stream
+        from pipeline.onnx.export import export_stream_model
+    except ImportError as exc:
+        raise UserError(f"making a benchmark model needs torch (pip install 'guardstream[torch]'): {exc}") from exc
+    checkpoint = Path(args.model) if args.model else root / f"{size}-checkpoint"
+    if not args.model and not (checkpoint / "config.json").is_file():
+        say(f"making a random {size} checkpoint in {checkpoint}")
+        init_random_stream(checkpoint, size, seed=0)
+    return export_stream_model(str(checkpoint), export_dir, progress=say)
+
+
+def machine_description(providers: list[str]) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    from pipeline.onnx.session import usable_cores
+
+    return f"{cpu}, {usable_cores()} usable cores, providers {','.join(providers)}"
+
+
+def render_tables(report: dict[str, Any]) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    results = report["results"]
+    contexts = Table(title=f"Per-token cost vs context ({report['model']['name']}, {report['model']['precision']})")
+    for column in ("context", "KV read MiB", "1 token ms", "16-chunk ms/token", "re-run prefix ms/token",
+                   "speedup"):
+        contexts.add_column(column, justify="right")
+    for p in results["contexts"]:
+        contexts.add_row(str(p["context"]), f"{p['kv_mib']:.1f}", f"{p['one_token_ms']:.2f}",
+                         f"{p['chunk16_ms_per_token']:.2f}", _maybe(p["baseline_ms_per_token"], "{:.2f}"),
+                         _maybe(p["speedup"], "{:.1f}x"))
+    throughput = Table(title=f"Throughput at context {report['plan']['batch_context']}")
+    for column in ("case", "size", "tokens/s", "ms per call"):
+        throughput.add_column(column, justify="right")
+    for kind in ("batches", "chunks"):
+        for p in results[kind]:
+            throughput.add_row("batch (1 token each)" if kind == "batches" else "chunk (batch 1)", str(p["size"]),
+                               f"{p['tokens_per_s']:.1f}", f"{p['ms_per_call']:.2f}")
+    return Group(contexts, throughput)
+
+
+def _maybe(value: float | None, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    results = report["results"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = [p["context"] for p in results["contexts"]]
+    left.plot(xs, [p["one_token_ms"] for p in results["contexts"]], "o-", label="cached, 1 token")
+    left.plot(xs, [p["chunk16_ms_per_token"] for p in results["contexts"]], "s-", label="cached, 16-token chunk")
+    base = [(p["context"], p["baseline_ms_per_token"]) for p in results["contexts"] if p["baseline_ms_per_token"]]
+    if base:
+        left.plot(*zip(*base, strict=True), "x--", label="re-run prefix (official)")
+    left.set(xscale="log", yscale="log", xlabel="context tokens", ylabel="ms per new token",
+             title="Per-token cost vs context")
+    left.legend()
+    for kind, label in (("batches", "batch size (1 token each)"), ("chunks", "chunk size (batch 1)")):
+        right.plot([p["size"] for p in results[kind]], [p["tokens_per_s"] for p in results[kind]], "o-", label=label)
+    right.set(xscale="log", xlabel="size", ylabel="tokens/s", title=f"Throughput at context {report['plan']['batch_context']}")
+    right.legend()
+    fig.suptitle(f"{report['model']['name']} {report['model']['precision']} - {report['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,9 +1,145 @@
-"""`guardstream watch`: placeholder until its owner lands it."""
+"""``guardstream watch``: follow guard.verdicts, one readable line per verdict, coloured by risk."""
 
 from __future__ import annotations
 
+import argparse
+import time
+import uuid
+from datetime import UTC, datetime
 from typing import Any
+
+from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.errors import UserError
+from schemas.messages import Verdict
+
+KAFKA_SETTINGS = [
+    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+    "kafka_extra",
+]
+RISK_STYLE = {"safe": "green", "controversial": "yellow", "unsafe": "red"}
+
+EPILOG = """\
+Starts at the end of the topic (only new verdicts) unless --from-beginning. Each line shows the
+time, conversation, message, source and kind, then the risk (green safe, yellow controversial,
+red unsafe), category, action and where it fired. Flags stand out; progress lines are dim.
+Ctrl-C stops. With --max the exit status is 1 if fewer verdicts came before --timeout.
+
+examples:
+  guardstream watch
+  guardstream watch --from-beginning --conversation c42
+  guardstream watch --from-beginning --max 10 --timeout 30 --json    # for scripts
+"""
 
 
 def register(sub: Any) -> None:
-    """Not yet registered."""
+    p = sub.add_parser("watch", help="follow verdicts, human-readable", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--from-beginning", action="store_true", help="show the verdicts already in the topic too")
+    p.add_argument("--conversation", action="append", default=[], metavar="ID",
+                   help="only this conversation (repeatable)")
+    p.add_argument("--hide-progress", action="store_true", help="hide 'progress' watermark verdicts")
+    p.add_argument("--max", type=int, default=None, metavar="N", help="stop after N verdicts shown")
+    p.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="stop after this many seconds")
+    p.add_argument("--json", action="store_true", help="print each verdict as its JSON, one per line")
+    p.add_argument("--no-color", action="store_true", help="plain text even on a terminal")
+    add_settings_arguments(p, [*KAFKA_SETTINGS, "topic_verdicts"])
+    p.set_defaults(func=run)
+
+
+def format_verdict(v: Verdict) -> str:
+    """One line of rich markup for a verdict."""
+    when = datetime.fromtimestamp(v.ts_ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
+    style = RISK_STYLE.get(v.risk, "white")
+    kind = {"flag": "[bold reverse]FLAG[/]", "final": "final", "progress": "[dim]progress[/]"}.get(v.kind, v.kind)
+    parts = [
+        f"[dim]{when}[/]", f"[cyan]{_escape(v.conversation_id)}[/]", f"#{v.message_index} {v.role:9}",
+        f"{v.source:10}", kind, f"[{style} bold]{v.risk.upper()}[/]",
+    ]
+    if v.category:
+        parts.append(f"[{style}]{_escape(v.category)}[/]")
+    if v.categories:
+        parts.append(f"[{style}]{_escape(', '.join(v.categories))}[/]")
+    parts.append("[bold red]block[/]" if v.action == "block" else "allow")
+    if v.refusal is not None:
+        parts.append("refusal" if v.refusal else "no refusal")
+    if v.token_index is not None:
+        parts.append(f"token {v.token_index}")
+    if v.seq is not None:
+        parts.append(f"seq {v.seq}")
+    if v.char_offset is not None:
+        parts.append(f"char {v.char_offset}")
+    if v.kind == "progress" and v.cleared_through_seq is not None:
+        parts.append(f"cleared through seq {v.cleared_through_seq}")
+    if v.latency_ms is not None:
+        parts.append(f"[dim]{v.latency_ms} ms[/]")
+    line = " ".join(parts)
+    return f"[dim]{line}[/]" if v.kind == "progress" and v.risk == "safe" else line
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+    from rich.console import Console
+
+    from pipeline.kafka.clients import consumer_config
+    from schemas.messages import decode_verdict
+
+    settings = settings_from_args(args)
+    console = Console(no_color=args.no_color, highlight=False, soft_wrap=True)
+    wanted = set(args.conversation)
+    # A throwaway group that never commits: watching must not move anybody's offsets.
+    consumer = Consumer(consumer_config(settings, f"guardstream-watch-{uuid.uuid4().hex[:12]}"))
+    try:
+        metadata = consumer.list_topics(settings.topic_verdicts, timeout=10)
+    except KafkaException as exc:
+        consumer.close()
+        raise UserError(
+            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}; is it running ('guardstream up')?"
+        ) from None
+    topic = metadata.topics.get(settings.topic_verdicts)
+    if topic is None or topic.error is not None or not topic.partitions:
+        consumer.close()
+        raise UserError(f"topic {settings.topic_verdicts} does not exist; create it with 'guardstream topics'")
+    assignment = []
+    for partition in sorted(topic.partitions):
+        if args.from_beginning:
+            offset = OFFSET_BEGINNING
+        else:
+            # Pin the current end now, so verdicts produced right after start are never skipped.
+            _, offset = consumer.get_watermark_offsets(TopicPartition(settings.topic_verdicts, partition), timeout=10)
+        assignment.append(TopicPartition(settings.topic_verdicts, partition, offset))
+    consumer.assign(assignment)
+    shown = 0
+    deadline = time.monotonic() + args.timeout if args.timeout is not None else None
+    try:
+        while (args.max is None or shown < args.max) and (deadline is None or time.monotonic() < deadline):
+            msg = consumer.poll(0.2)
+            if msg is None:
+                continue
+            if msg.error() is not None:
+                console.print(f"[red]kafka error:[/] {msg.error()}")
+                continue
+            raw = msg.value() or b""
+            try:
+                verdict = decode_verdict(raw)
+            except Exception as exc:
+                console.print(f"[red]undecodable verdict at {msg.partition()}:{msg.offset()}:[/] {exc}")
+                continue
+            if wanted and verdict.conversation_id not in wanted:
+                continue
+            if args.hide_progress and verdict.kind == "progress":
+                continue
+            if args.json:
+                console.out(raw.decode("utf-8", "replace"), highlight=False)
+            else:
+                console.print(format_verdict(verdict))
+            shown += 1
+    finally:
+        consumer.close()
+    return 1 if args.max is not None and shown < args.max else 0

@@ -1,9 +1,45 @@
-"""`guardstream worker`: placeholder until its owner lands it."""
+"""``guardstream worker stream|generative --model DIR``: run a worker until SIGTERM/SIGINT."""
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
+
+from pipeline.config import add_settings_arguments, settings_from_args
+
+_COMMON = (
+    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
+    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
+    "kafka_extra", "topic_in", "topic_verdicts", "topic_dlq", "model", "policy_file", "default_policy",
+    "device", "precision", "max_context_tokens", "metrics_port", "log_level", "log_text", "state_dir",
+)
+_STREAM = (
+    "redis_url", "state_ttl_s", "stream_group", "max_batch_tokens", "max_batch_wait_ms", "max_inflight_deltas",
+    "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes",
+)
+_GENERATIVE = ("generative_group", "gen_max_batch", "gen_concurrency", "max_text_bytes")
 
 
 def register(sub: Any) -> None:
-    """Not yet registered."""
+    p = sub.add_parser("worker", help="run a stream or generative worker (until SIGTERM/SIGINT)")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
+    stream = kinds.add_parser(
+        "stream", help="token-level moderation: guard.in -> Qwen3Guard-Stream (ONNX) -> guard.verdicts",
+    )
+    add_settings_arguments(stream, _COMMON + _STREAM)
+    stream.set_defaults(func=run_stream)
+    gen = kinds.add_parser("generative", help="full-turn rulings with Qwen3Guard-Gen (asynchronous)")
+    add_settings_arguments(gen, _COMMON + _GENERATIVE)
+    gen.set_defaults(func=run_generative)
+
+
+def run_stream(args: argparse.Namespace) -> int:
+    from workers.stream.app import run_stream_worker
+
+    return run_stream_worker(settings_from_args(args))
+
+
+def run_generative(args: argparse.Namespace) -> int:
+    from workers.generative.app import run_generative_worker
+
+    return int(run_generative_worker(settings_from_args(args)))

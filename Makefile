@@ -1,0 +1,71 @@
+# guardstream developer and CI entry points. Works on a fresh Debian machine as root (or with sudo).
+#   make setup   system packages, virtualenv, Python deps, Kafka jars
+#   make test    setup, start the local stack, create topics, run pytest, stop the stack
+#   make demo    setup, then `guardstream demo`
+#   make lint    ruff + mypy
+# PYTEST_ARGS="tests/foundation -x" narrows the test run; ALLOW_NO_TESTS=1 turns pytest's
+# "no tests collected" (exit 5) into success.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.guardstream-installed
+PYTEST_ARGS ?=
+ALLOW_NO_TESTS ?= 0
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup system-packages python-deps kafka-jars tools test demo lint up down
+
+setup: system-packages python-deps kafka-jars tools
+
+# Install only what is missing; apt-get update runs only when something must be installed.
+system-packages:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+python-deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e ".[torch,bench,dev]"
+	touch $(STAMP)
+
+kafka-jars: python-deps
+	$(BIN)/guardstream up --jars-only
+
+tools:
+	@if [ -f deploy/tools/install-kustomize.sh ]; then bash deploy/tools/install-kustomize.sh; fi
+
+# Stops the stack afterwards only if this run started it (a developer's running stack is left alone).
+test: setup
+	@started=0; \
+	out=$$($(BIN)/guardstream up) ; up_status=$$?; echo "$$out"; \
+	if grep -q " started " <<<"$$out"; then started=1; fi; \
+	if [ $$up_status -ne 0 ]; then $(BIN)/guardstream down; exit $$up_status; fi; \
+	$(BIN)/guardstream topics && $(BIN)/pytest -q $(PYTEST_ARGS); status=$$?; \
+	if [ $$started -eq 1 ]; then $(BIN)/guardstream down; fi; \
+	if [ $$status -eq 5 ] && [ "$(ALLOW_NO_TESTS)" = 1 ]; then echo "pytest collected no tests"; status=0; fi; \
+	exit $$status
+
+demo: setup
+	$(BIN)/guardstream demo
+
+lint: python-deps
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+up: kafka-jars
+	$(BIN)/guardstream up
+
+down:
+	$(BIN)/guardstream down

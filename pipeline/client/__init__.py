@@ -1,0 +1,9 @@
+"""Client library for the producing side: publish deltas, follow verdicts, act on them.
+
+See docs/client.md.
+"""
+
+from pipeline.client.guard import GuardClient, GuardedMessage
+from pipeline.client.release import Mode, ReleaseBuffer, ReleaseEvent
+
+__all__ = ["GuardClient", "GuardedMessage", "Mode", "ReleaseBuffer", "ReleaseEvent"]

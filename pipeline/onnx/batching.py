@@ -1,0 +1,130 @@
+"""Packing many conversations' new tokens into padded batched model calls.
+
+Layout of one call with B conversations, past length P = longest past, S = longest new chunk:
+each past is left-padded to P (padding first, masked out), each chunk right-padded to S (padding
+last, never read). Position ids are explicit, so padding never shifts a conversation's positions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from pipeline.onnx import io_names
+from pipeline.onnx.kv_cache import ConversationKv
+
+PAD_TOKEN_ID = 0  # any valid id: padded positions are masked as keys and their outputs are dropped
+
+
+@dataclass
+class Job:
+    """One request in flight: feed ``token_ids[position:]`` on top of ``cache``; keep rows from ``start``."""
+
+    index: int
+    key: str
+    token_ids: Sequence[int]
+    start: int
+    cache: ConversationKv
+    position: int
+    rows: list[list[np.ndarray]] = field(default_factory=list)
+
+    @property
+    def remaining(self) -> int:
+        return len(self.token_ids) - self.position
+
+
+@dataclass(frozen=True)
+class Slot:
+    job: Job
+    count: int  # new tokens fed for this job in this call
+
+
+def plan_call(active: Sequence[Job], max_batch_tokens: int, max_batch_context: int) -> list[Slot]:
+    """Choose the jobs and chunk sizes of the next model call.
+
+    Bounds: padded new tokens (B x S) <= max_batch_tokens, and padded context B x (P + S) <=
+    max_batch_context unless a single job alone needs more (its past must be read anyway).
+    Jobs with similar past lengths are grouped so padding of the past stays small.
+    """
+    ordered = sorted(active, key=lambda job: len(job.cache))
+    chosen: list[Job] = []
+    longest_past = 0
+    for job in ordered:
+        past = max(longest_past, len(job.cache))
+        count = len(chosen) + 1
+        fits_tokens = count <= max_batch_tokens
+        fits_context = count * (past + 1) <= max_batch_context
+        if chosen and not (fits_tokens and fits_context):
+            break
+        chosen.append(job)
+        longest_past = past
+    per_job = max(1, max_batch_tokens // len(chosen))
+    if len(chosen) > 1:
+        # Leave room in the context budget for the chunk itself.
+        per_job = max(1, min(per_job, max_batch_context // len(chosen) - longest_past))
+    return [Slot(job, min(per_job, job.remaining)) for job in chosen]
+
+
+def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> dict[str, np.ndarray]:
+    """The feed dict of one call (see module docstring for the padding layout)."""
+    batch = len(slots)
+    new = max(slot.count for slot in slots)
+    past = max(len(slot.job.cache) for slot in slots)
+    input_ids = np.full((batch, new), PAD_TOKEN_ID, dtype=np.int64)
+    attention_mask = np.zeros((batch, past + new), dtype=np.int64)
+    position_ids = np.zeros((batch, new), dtype=np.int64)
+    for b, slot in enumerate(slots):
+        job, count = slot.job, slot.count
+        mine = len(job.cache)
+        input_ids[b, :count] = job.token_ids[job.position: job.position + count]
+        attention_mask[b, past - mine: past + count] = 1
+        position_ids[b] = np.arange(mine, mine + new)
+    feed = {io_names.INPUT_IDS: input_ids, io_names.ATTENTION_MASK: attention_mask,
+            io_names.POSITION_IDS: position_ids}
+    names = io_names.past_names(num_layers)
+    if batch == 1:
+        # One conversation: its cache already has the exact shape, no copy.
+        tensors = slots[0].job.cache.tensors
+        for i, name in enumerate(names):
+            feed[name] = tensors[i][np.newaxis]
+        return feed
+    for i, name in enumerate(names):
+        stacked = None
+        for b, slot in enumerate(slots):
+            tensors = slot.job.cache.tensors
+            if stacked is None:
+                kv_heads, head_dim = tensors[i].shape[0], tensors[i].shape[2]
+                stacked = np.zeros((batch, kv_heads, past, head_dim), dtype=kv_dtype)
+            mine = len(slot.job.cache)
+            if mine:
+                stacked[b, :, past - mine:] = tensors[i]
+        feed[name] = stacked
+    return feed
+
+
+def absorb_outputs(slots: Sequence[Slot], outputs: Sequence[np.ndarray]) -> None:
+    """Append each job's wanted head rows and move its cache forward by the tokens it fed."""
+    heads, presents = outputs[: len(io_names.HEAD_OUTPUTS)], outputs[len(io_names.HEAD_OUTPUTS):]
+    past = max(len(slot.job.cache) for slot in slots)
+    single = len(slots) == 1
+    for b, slot in enumerate(slots):
+        job, count = slot.job, slot.count
+        first_wanted = max(0, job.start - job.position)
+        if first_wanted < count:
+            job.rows.append([np.asarray(h[b, first_wanted:count], dtype=np.float32) for h in heads])
+        mine = len(job.cache)
+        begin, end = past - mine, past + count
+        if single and begin == 0 and end == presents[0].shape[2]:
+            job.cache.tensors = [p[0] for p in presents]
+        else:
+            # A copy: a view would keep the whole batch's presents alive.
+            job.cache.tensors = [np.ascontiguousarray(p[b, :, begin:end]) for p in presents]
+        job.position += count
+        job.cache.token_ids = list(job.token_ids[: job.position])
+
+
+def empty_cache(num_layers: int, kv_heads: int, head_dim: int, dtype: np.dtype) -> ConversationKv:
+    tensors = [np.zeros((kv_heads, 0, head_dim), dtype=dtype) for _ in range(2 * num_layers)]
+    return ConversationKv(token_ids=[], tensors=tensors)

@@ -1,0 +1,225 @@
+"""The incremental Stream engine on onnxruntime alone (no torch on this path).
+
+``run`` takes the whole token sequence each conversation should have now; the engine reuses the
+longest cached common prefix (cropping re-tokenised tails and re-rendered history), prefills on a
+cache miss, and packs the new tokens of all requests into as few padded ORT calls as the token
+and context budgets allow. Causality makes the result independent of chunking and batching up to
+float rounding (model facts §6).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.engine.types import FeedRequest, HeadOutputs
+from pipeline.errors import UserError
+from pipeline.onnx import io_names
+from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, empty_cache, plan_call
+from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore
+from pipeline.onnx.layout import MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
+from pipeline.onnx.session import choose_providers, open_session
+
+DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
+DEFAULT_MAX_BATCH_TOKENS = 1024
+DEFAULT_MAX_BATCH_CONTEXT = 8192
+# (batch, new tokens, past) calls run once after loading: a fresh ORT arena is ~3x slower (notes).
+WARMUP_SHAPES: tuple[tuple[int, int, int], ...] = ((1, 64, 0), (4, 4, 128), (1, 1, 256))
+
+
+class OnnxStreamEngine:
+    """Implements ``pipeline.engine.types.StreamEngine`` over one ORT session."""
+
+    def __init__(
+        self,
+        session: Any,
+        info: OnnxModelInfo,
+        *,
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_context: int = DEFAULT_MAX_BATCH_CONTEXT,
+    ) -> None:
+        if max_batch_tokens < 1:
+            raise ValueError("max_batch_tokens must be at least 1")
+        self.session = session
+        self.info = info
+        self.model_name = info.model_name
+        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_context = max(max_batch_context, max_batch_tokens)
+        self.kv_dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
+        self.cache = KvCacheStore(kv_cache_bytes)
+        self.model_calls = 0  # counts ORT calls; tests and benchmarks read it
+
+    @classmethod
+    def from_dir(
+        cls,
+        path: str | Path,
+        *,
+        device: str = "auto",
+        kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_context: int = DEFAULT_MAX_BATCH_CONTEXT,
+        threads: int | None = None,
+        warmup: bool = True,
+    ) -> OnnxStreamEngine:
+        """Load an export directory written by ``guardstream export``."""
+        folder = Path(path)
+        if not is_export_dir(folder):
+            raise UserError(f"{folder} is not a guardstream ONNX export (needs {MODEL_FILE} and metadata); "
+                            "create it with `guardstream export --model CHECKPOINT --out DIR`")
+        info = read_model_info(folder)
+        session = open_session(folder / MODEL_FILE, choose_providers(device), threads)
+        engine = cls(session, info, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
+                     max_batch_context=max_batch_context)
+        if warmup:
+            engine.warm_up()
+        return engine
+
+    # --- StreamEngine ---------------------------------------------------------------------
+    def run(self, requests: Sequence[FeedRequest]) -> list[HeadOutputs]:
+        results: list[HeadOutputs | None] = [None] * len(requests)
+        for wave in _unique_key_waves(requests):
+            self._run_wave(wave, results)
+        return [r for r in results if r is not None]
+
+    def evict(self, key: str) -> None:
+        self.cache.discard(key)
+
+    # --- internals ------------------------------------------------------------------------
+    def _run_wave(self, wave: list[tuple[int, FeedRequest]], results: list[HeadOutputs | None]) -> None:
+        for _, request in wave:
+            self._validate(request)
+        jobs = [self._start_job(index, request) for index, request in wave]
+        try:
+            active = [job for job in jobs if job.remaining > 0]
+            while active:
+                slots = plan_call(active, self.max_batch_tokens, self.max_batch_context)
+                feed = build_inputs(slots, self.info.num_layers, self.kv_dtype)
+                outputs = self.session.run(None, feed)
+                self.model_calls += 1
+                absorb_outputs(slots, outputs)
+                active = [job for job in active if job.remaining > 0]
+        except BaseException:
+            # A failed call leaves caches half-advanced: forget them; the next request rebuilds.
+            for job in jobs:
+                self.cache.discard(job.key)
+            raise
+        for job in jobs:
+            results[job.index] = self._collect(job)
+            self.cache.put(job.key, job.cache)
+
+    def _validate(self, request: FeedRequest) -> None:
+        total = len(request.token_ids)
+        if not 0 <= request.start <= total:
+            raise ValueError(f"request {request.key!r}: start {request.start} outside 0..{total}")
+        if total > self.info.max_position_embeddings:
+            raise ValueError(f"request {request.key!r}: {total} tokens exceed the model's context of "
+                             f"{self.info.max_position_embeddings}")
+
+    def _start_job(self, index: int, request: FeedRequest) -> Job:
+        cache = self.cache.take(request.key) or self._empty_cache()
+        # Outputs come only from fed tokens: keep at most `start` cached positions.
+        keep = min(cache.common_prefix(request.token_ids), request.start)
+        cache.crop(keep)
+        return Job(index=index, key=request.key, token_ids=request.token_ids, start=request.start,
+                   cache=cache, position=keep)
+
+    def _empty_cache(self) -> ConversationKv:
+        return empty_cache(self.info.num_layers, self.info.num_kv_heads, self.info.head_dim, self.kv_dtype)
+
+    def _collect(self, job: Job) -> HeadOutputs:
+        if job.rows:
+            columns = [np.concatenate(parts) for parts in zip(*job.rows, strict=True)]
+        else:
+            columns = [np.zeros((0, int(self._head_width(name))), dtype=np.float32)
+                       for name in io_names.HEAD_OUTPUTS]
+        return HeadOutputs(risk_logits=columns[0], category_logits=columns[1],
+                           query_risk_logits=columns[2], query_category_logits=columns[3])
+
+    def _head_width(self, name: str) -> int:
+        for output in self.session.get_outputs():
+            if output.name == name:
+                return int(output.shape[-1])
+        raise KeyError(name)
+
+    def warm_up(self, shapes: Sequence[tuple[int, int, int]] = WARMUP_SHAPES) -> None:
+        """Grow ORT's arena with representative shapes so the first real calls are not slow."""
+        rng = np.random.default_rng(0)
+        for batch, new, past in shapes:
+            past = min(past, self.info.max_position_embeddings - new)
+            feed: dict[str, np.ndarray] = {
+                io_names.INPUT_IDS: rng.integers(0, self.info.vocab_size, size=(batch, new), dtype=np.int64),
+                io_names.ATTENTION_MASK: np.ones((batch, past + new), dtype=np.int64),
+                io_names.POSITION_IDS: np.tile(np.arange(past, past + new, dtype=np.int64), (batch, 1)),
+            }
+            shape = (batch, self.info.num_kv_heads, past, self.info.head_dim)
+            for name in io_names.past_names(self.info.num_layers):
+                feed[name] = np.zeros(shape, dtype=self.kv_dtype)
+            self.session.run(None, feed)
+
+
+def _unique_key_waves(requests: Sequence[FeedRequest]) -> Iterator[list[tuple[int, FeedRequest]]]:
+    """Split requests into consecutive groups without repeated keys (a key's requests run in order)."""
+    wave: list[tuple[int, FeedRequest]] = []
+    seen: set[str] = set()
+    for index, request in enumerate(requests):
+        if request.key in seen:
+            yield wave
+            wave, seen = [], set()
+        wave.append((index, request))
+        seen.add(request.key)
+    if wave:
+        yield wave
+
+
+def open_stream_engine(model: str, settings: Any) -> OnnxStreamEngine:
+    """An engine for ``model``: an export directory, or a checkpoint exported once into a cache dir.
+
+    ``settings`` is ``pipeline.config.Settings`` (device, precision, state_dir, kv_cache_bytes,
+    max_batch_tokens). Exporting needs the torch extra; loading an export does not.
+    """
+    options = {"device": settings.device, "kv_cache_bytes": settings.kv_cache_bytes,
+               "max_batch_tokens": settings.max_batch_tokens}
+    folder = Path(model)
+    if is_export_dir(folder):
+        return OnnxStreamEngine.from_dir(folder, **options)
+    precision = _export_precision(settings.precision, settings.device)
+    cached = Path(settings.state_dir) / "onnx-cache" / _cache_key(model, precision)
+    if not is_export_dir(cached):
+        try:
+            from pipeline.onnx.export import export_stream_model
+        except ImportError as exc:
+            raise UserError(f"{model} is a checkpoint, and exporting it needs torch (pip install "
+                            "'guardstream[torch]'); or pass a directory made by `guardstream export`") from exc
+        try:
+            export_stream_model(model, cached, precision=precision)
+        except UserError:
+            if not is_export_dir(cached):  # another worker may have finished the same export first
+                raise
+    return OnnxStreamEngine.from_dir(cached, **options)
+
+
+def _export_precision(precision: str, device: str) -> str:
+    if precision == "fp32":
+        return "fp32"
+    if precision in ("fp16", "bf16"):
+        return "fp16"  # ORT's bf16 coverage is thin: half precision exports as fp16
+    on_gpu = "CUDAExecutionProvider" in choose_providers(device)
+    return "fp16" if on_gpu else "fp32"
+
+
+def _cache_key(model: str, precision: str) -> str:
+    """Identity of a checkpoint export: path, file sizes and mtimes (not contents: GBs to hash)."""
+    digest = hashlib.sha256(f"{model}|{precision}|v1".encode())
+    folder = Path(model)
+    if folder.is_dir():
+        digest.update(str(folder.resolve()).encode())
+        for path in sorted(folder.iterdir()):
+            if path.is_file():
+                stat = path.stat()
+                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]

@@ -1,0 +1,128 @@
+"""Conversation state in Redis, written after Kafka commits and fenced by offset watermarks.
+
+Every write of a partition's states is one atomic Lua call that also advances the partition's
+watermark (the last input offset the states reflect). The call succeeds only when the stored
+watermark is the one the writer expects to replace. So a writer whose picture of Redis is wrong
+(Redis restarted and lost writes; another worker took the partition and moved on) is told so
+and recovers by replay instead of silently overwriting newer state or building on lost state.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import redis
+
+from pipeline.state.keys import watermark_key
+
+NO_WATERMARK = -1
+
+# KEYS[1] = watermark key; ARGV = expected, new, ttl_s, n_sets, (key, value) * n_sets, deleted keys...
+# Returns the stored watermark when it is not the expected one (nothing written), else -2.
+_FENCED_WRITE = """
+local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
+local expected = tonumber(ARGV[1])
+if stored ~= expected then
+  return stored
+end
+local ttl = tonumber(ARGV[3])
+local n_sets = tonumber(ARGV[4])
+local i = 5
+for _ = 1, n_sets do
+  redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl)
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('DEL', ARGV[i])
+  i = i + 1
+end
+redis.call('SET', KEYS[1], ARGV[2])
+return -2
+"""
+_WRITTEN = -2
+
+
+@dataclass
+class PartitionWrite:
+    """The state changes one batch made to one input partition."""
+
+    topic: str
+    partition: int
+    expected_watermark: int     # what this writer believes Redis holds now
+    new_watermark: int          # last input offset of the partition reflected by these states
+    states: dict[str, bytes] = field(default_factory=dict)
+    deleted: set[str] = field(default_factory=set)
+
+
+@dataclass(frozen=True)
+class WriteConflict:
+    """Redis did not hold the expected watermark: the partition needs recovery."""
+
+    topic: str
+    partition: int
+    expected_watermark: int
+    stored_watermark: int
+
+
+class StateStore:
+    """Loads and writes conversation states of one consumer group."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        group: str,
+        ttl_s: int,
+        observe_latency: Callable[[str, float], None] | None = None,
+    ) -> None:
+        self._redis = client
+        self._group = group
+        self._ttl_s = max(1, int(ttl_s))
+        self._script = client.register_script(_FENCED_WRITE)
+        self._observe = observe_latency or (lambda op, seconds: None)
+
+    def load(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """States of the given conversations; absent (new, ended or expired) ones are left out."""
+        if not keys:
+            return {}
+        started = time.perf_counter()
+        values = self._redis.mget(list(keys))
+        self._observe("mget", time.perf_counter() - started)
+        return {k: v if isinstance(v, bytes) else v.encode() for k, v in zip(keys, values, strict=True) if v is not None}
+
+    def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
+        """Stored watermark per partition; NO_WATERMARK where none was ever written (or it was lost)."""
+        parts = list(partitions)
+        if not parts:
+            return {}
+        started = time.perf_counter()
+        values = self._redis.mget([watermark_key(self._group, topic, p) for p in parts])
+        self._observe("mget", time.perf_counter() - started)
+        return {p: NO_WATERMARK if v is None else int(v) for p, v in zip(parts, values, strict=True)}
+
+    def write(self, writes: Sequence[PartitionWrite]) -> list[WriteConflict]:
+        """Apply each partition's changes atomically (one round trip for all); report conflicts."""
+        if not writes:
+            return []
+        started = time.perf_counter()
+        pipe = self._redis.pipeline(transaction=False)
+        for w in writes:
+            args: list[str | bytes | int] = [w.expected_watermark, w.new_watermark, self._ttl_s, len(w.states)]
+            for key, value in w.states.items():
+                args.extend((key, value))
+            args.extend(sorted(w.deleted - w.states.keys()))
+            self._script(keys=[watermark_key(self._group, w.topic, w.partition)], args=args, client=pipe)
+        results = pipe.execute()
+        self._observe("write", time.perf_counter() - started)
+        return [
+            WriteConflict(w.topic, w.partition, w.expected_watermark, int(r))
+            for w, r in zip(writes, results, strict=True)
+            if int(r) != _WRITTEN
+        ]
+
+    def memory_usage(self, key: str) -> int | None:
+        """Bytes Redis spends on one key (for the docs' bytes-per-token figure)."""
+        used = self._redis.memory_usage(key)
+        return None if used is None else int(used)
+

@@ -1,0 +1,14 @@
+"""The stream worker's inference path must not need torch (it is an optional extra)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+
+def test_importing_the_engine_does_not_import_torch() -> None:
+    code = ("import sys, pipeline.onnx.engine, pipeline.onnx.kv_cache, pipeline.onnx.batching; "
+            "bad = sorted(m for m in ('torch', 'transformers', 'onnx') if m in sys.modules); "
+            "print(bad); sys.exit(1 if bad else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

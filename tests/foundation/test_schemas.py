@@ -1,0 +1,133 @@
+"""The message contracts: code and JSON Schemas agree, messages round-trip, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import msgspec
+import pytest
+
+from schemas.generate import FILES, SCHEMA_DIR, render
+from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta, decode_verdict, encode
+
+VALID_DELTA = {"conversation_id": "c1", "message_index": 0, "role": "user", "seq": 0, "text": "hi", "final": True}
+
+
+def _schema(filename: str) -> dict[str, Any]:
+    return json.loads((SCHEMA_DIR / filename).read_text(encoding="utf-8"))
+
+
+def _raw(**changes: Any) -> bytes:
+    body = {**VALID_DELTA, **changes}
+    return json.dumps({k: v for k, v in body.items() if v is not _DROP}).encode()
+
+
+_DROP = object()
+BAD_UTF8 = b'{"conversation_id": "c1", "text": "\xff"}'
+
+
+@pytest.mark.parametrize("filename", sorted(FILES))
+def test_committed_schema_files_equal_what_the_generator_renders(filename: str) -> None:
+    committed = (SCHEMA_DIR / filename).read_text(encoding="utf-8")
+    assert committed == render(FILES[filename], filename), "run: python -m schemas.generate"
+
+
+def test_every_schema_file_is_a_valid_draft_2020_12_schema() -> None:
+    for filename in FILES:
+        jsonschema.Draft202012Validator.check_schema(_schema(filename))
+    assert {p.name for p in Path(SCHEMA_DIR).glob("*.json")} == set(FILES)
+
+
+def test_delta_round_trips_through_json() -> None:
+    delta = TokenDelta(conversation_id="c", message_index=3, role="assistant", seq=9, text="é 😀", final=True,
+                       reasoning=True, tenant="acme", ts_ms=1_700_000_000_000)
+    assert decode_delta(encode(delta)) == delta
+
+
+def test_end_delta_round_trips_without_message_fields() -> None:
+    end = TokenDelta(conversation_id="c", type="end")
+    assert json.loads(encode(end)) == {"conversation_id": "c", "type": "end"}
+    assert decode_delta(encode(end)) == end
+
+
+def test_verdict_and_dlq_record_round_trip() -> None:
+    verdict = Verdict(verdict_id="c/1/stream/final/4", conversation_id="c", message_index=1, role="assistant",
+                      source="stream", kind="final", risk="unsafe", action="block", model="m@r", ts_ms=5,
+                      category="Violent", token_index=4, seq=2, char_offset=10, cleared_through_seq=1,
+                      scores={"safe": 0.1, "unsafe": 0.8, "controversial": 0.1}, latency_ms=7)
+    assert decode_verdict(encode(verdict)) == verdict
+    record = DlqRecord(reason="r", source_topic="t", source_partition=0, source_offset=3, original_b64="AA==",
+                       ts_ms=1, worker="w")
+    assert msgspec.json.decode(encode(record), type=DlqRecord) == record
+
+
+def test_encoded_messages_validate_against_their_json_schemas() -> None:
+    samples: list[tuple[str, Any]] = [
+        ("token-delta.schema.json", TokenDelta(conversation_id="c", message_index=0, role="user", seq=0)),
+        ("token-delta.schema.json", TokenDelta(conversation_id="c", type="end")),
+        ("verdict.schema.json", Verdict(verdict_id="v", conversation_id="c", message_index=0, role="user",
+                                        source="generative", kind="final", risk="safe", action="allow",
+                                        model="m", ts_ms=0, categories=[], refusal=False)),
+        ("dlq-record.schema.json", DlqRecord(reason="r", source_topic="t", source_partition=0, source_offset=0,
+                                             original_b64="", ts_ms=0, worker="w")),
+    ]
+    for filename, message in samples:
+        jsonschema.validate(json.loads(encode(message)), _schema(filename))
+
+
+@pytest.mark.parametrize("body", [
+    {**VALID_DELTA, "role": "bot"},
+    {**VALID_DELTA, "seq": -1},
+    {**VALID_DELTA, "unknown": 1},
+    {**VALID_DELTA, "conversation_id": ""},
+    {**VALID_DELTA, "conversation_id": "x" * 257},
+    {k: v for k, v in VALID_DELTA.items() if k != "seq"},
+    {**VALID_DELTA, "reasoning": True},  # a user message cannot carry reasoning
+])
+def test_schema_and_decoder_both_reject_the_same_invalid_delta(body: dict[str, Any]) -> None:
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(body, _schema("token-delta.schema.json"))
+    with pytest.raises(MessageError):
+        decode_delta(json.dumps(body).encode())
+
+
+@pytest.mark.parametrize(("raw", "reason_part"), [
+    (b"", "empty message"),
+    (b'{"conversation_id": "c1", "message_index": 0,', "malformed JSON"),
+    (b"[1, 2]", "Expected `object`"),
+    (b"null", "Expected `object`"),
+    (_raw(message_index="0"), "$.message_index"),
+    (_raw(final="yes"), "$.final"),
+    (_raw(text=5), "$.text"),
+    (_raw(seq=_DROP), "seq"),
+    (_raw(role=_DROP, message_index=_DROP), "message_index, role"),
+    (b'{"type": "end"}', "conversation_id"),
+    (_raw(extra=True), "unknown field `extra`"),
+    (_raw(role="bot"), "$.role"),
+    (_raw(seq=-1), "$.seq"),
+    (_raw(message_index=-2), "$.message_index"),
+    (_raw(type="start"), "$.type"),
+    (_raw(conversation_id=""), "$.conversation_id"),
+    (_raw(conversation_id="c" * 257), "$.conversation_id"),
+    (_raw(reasoning=True), "only assistant messages carry reasoning"),
+    (BAD_UTF8, f"invalid UTF-8 at byte {BAD_UTF8.index(0xFF)}"),
+    (b'{"conversation_id":"c","message_index":0,"role":"user","seq":0,"text":"\\ud800"}', "malformed JSON"),
+])
+def test_each_invalid_delta_class_is_rejected_with_a_reason_naming_the_problem(raw: bytes, reason_part: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        decode_delta(raw)
+    assert reason_part in str(caught.value)
+
+
+def test_oversized_text_is_rejected_with_its_size_and_the_limit() -> None:
+    text = "é" * 600  # 1200 UTF-8 bytes: the limit counts bytes, not characters
+    with pytest.raises(MessageError, match=r"oversized text: 1200 bytes > limit 1000"):
+        decode_delta(_raw(text=text), max_text_bytes=1000)
+    assert decode_delta(_raw(text=text), max_text_bytes=1200).text == text
+
+
+def test_a_conversation_id_of_exactly_256_characters_is_accepted() -> None:
+    assert len(decode_delta(_raw(conversation_id="c" * 256)).conversation_id) == 256

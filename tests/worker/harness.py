@@ -1,0 +1,162 @@
+"""Stream workers as real subprocesses (so SIGKILL is a real crash) and ways to wait on them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline.config import Settings, env_var
+from pipeline.kafka.clients import consumer_config
+from schemas.messages import DlqRecord, Verdict
+from tests.fixtures.stack import consume_all, consume_verdicts
+
+REPO = Path(__file__).resolve().parents[2]
+# A dead worker's partitions move after its session times out: keep that short in tests.
+TEST_KAFKA_EXTRA = "session.timeout.ms=6000,heartbeat.interval.ms=500"
+
+
+def worker_settings(settings: Settings, model: str | Path, **changes: object) -> Settings:
+    return settings.replace(model=str(model), kafka_extra=TEST_KAFKA_EXTRA, max_batch_wait_ms=20,
+                            progress_every_tokens=8, **changes)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[env_var(f.name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    env["PYTHONPATH"] = str(REPO)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class WorkerProcess:
+    """``python -m workers.stream`` with the given settings; its JSON log goes to a file."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str | None = None) -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"worker-{name or uuid.uuid4().hex[:6]}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "workers.stream"], env=settings_env(self.settings),
+                                     stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        return self
+
+    def log_lines(self) -> list[dict[str, object]]:
+        lines = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            try:
+                lines.append(json.loads(line))
+            except ValueError:
+                continue
+        return lines
+
+    def logged(self, msg: str) -> int:
+        return sum(1 for line in self.log_lines() if line.get("msg") == msg)
+
+    def wait_for_log(self, msg: str, timeout_s: float = 180.0, count: int = 1) -> None:
+        wait_until(lambda: self.logged(msg) >= count, timeout_s, f"worker log line {msg!r}", self)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def stop(self, timeout_s: float = 60.0) -> int:
+        """SIGTERM: the worker finishes its batch, commits and exits."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+                raise AssertionError(f"worker ignored SIGTERM for {timeout_s}s; log {self.log_path}") from None
+        return int(self.proc.returncode)
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, worker: WorkerProcess | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if worker is not None and not worker.alive():
+            raise AssertionError(f"worker exited while waiting for {what}:\n{worker.tail()}")
+        time.sleep(0.2)
+    tail = f"\n{worker.tail()}" if worker is not None else ""
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}{tail}")
+
+
+def input_lag(settings: Settings) -> int:
+    """Input records not yet committed by the stream group (0: everything judged)."""
+    consumer = Consumer(consumer_config(settings, settings.stream_group))
+    try:
+        meta = consumer.list_topics(settings.topic_in, timeout=10)
+        tps = [TopicPartition(settings.topic_in, p) for p in sorted(meta.topics[settings.topic_in].partitions)]
+        committed = consumer.committed(tps, timeout=10)
+        lag = 0
+        for tp in committed:
+            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            lag += high - (tp.offset if tp.offset >= 0 else low)
+        return lag
+    finally:
+        consumer.close()
+
+
+def wait_caught_up(settings: Settings, timeout_s: float = 240.0, workers: Iterable[WorkerProcess] = ()) -> None:
+    procs = list(workers)
+
+    def done() -> bool:
+        for w in procs:
+            if not w.alive():
+                raise AssertionError(f"worker died:\n{w.tail()}")
+        return input_lag(settings) == 0
+
+    wait_until(done, timeout_s, "the stream group to commit all input")
+
+
+def verdicts(settings: Settings) -> list[Verdict]:
+    return consume_verdicts(settings)
+
+
+def dlq_records(settings: Settings) -> list[DlqRecord]:
+    import msgspec
+
+    decoder = msgspec.json.Decoder(DlqRecord)
+    return [decoder.decode(r.value) for r in consume_all(settings, settings.topic_dlq) if r.value]
+
+
+def comparable(v: Verdict) -> tuple[object, ...]:
+    """A verdict without its wall-clock fields."""
+    return tuple(getattr(v, f) for f in v.__struct_fields__ if f not in ("ts_ms", "latency_ms"))
+
+
+def dedup(found: Iterable[Verdict]) -> dict[str, tuple[object, ...]]:
+    """verdict_id -> content; fails if two verdicts with one id differ (a contradiction)."""
+    by_id: dict[str, tuple[object, ...]] = {}
+    for v in found:
+        content = comparable(v)
+        if v.verdict_id in by_id:
+            assert by_id[v.verdict_id] == content, f"verdict {v.verdict_id} was published with two contents"
+        by_id[v.verdict_id] = content
+    return by_id

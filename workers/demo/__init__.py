@@ -1,0 +1,1 @@
+"""``guardstream demo``: the whole pipeline end to end on the local stack, watched live."""

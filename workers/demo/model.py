@@ -1,0 +1,55 @@
+"""Which model the demo runs: the real Qwen3Guard-Stream when the hub answers, else a random tiny one."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+HUB_MODEL = "Qwen/Qwen3Guard-Stream-0.6B"
+
+
+@dataclass(frozen=True)
+class DemoModel:
+    export_dir: Path
+    source: str
+    trained: bool
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def prepare_model(state_dir: Path, say: Callable[[str], None]) -> DemoModel:
+    """An ONNX export for the worker, made once and reused by later demo runs."""
+    from pipeline.errors import UserError
+    from pipeline.onnx.export import export_stream_model
+    from pipeline.onnx.layout import is_export_dir
+
+    root = state_dir / "demo"
+    if hub_reachable():
+        export_dir = root / "qwen3guard-stream-0.6b-onnx"
+        if is_export_dir(export_dir):
+            return DemoModel(export_dir, HUB_MODEL, True)
+        say(f"downloading {HUB_MODEL} and exporting it to ONNX (first run only, a few minutes)")
+        try:
+            export_stream_model(HUB_MODEL, export_dir, progress=say)
+            return DemoModel(export_dir, HUB_MODEL, True)
+        except UserError as exc:
+            say(f"could not use {HUB_MODEL} ({exc}); falling back to a random tiny model")
+    export_dir = root / "tiny-random-onnx"
+    if not is_export_dir(export_dir):
+        from pipeline.model.checkpoint import init_random_stream
+
+        say("the Hugging Face hub is unreachable: making a random tiny checkpoint (UNTRAINED) and exporting it")
+        checkpoint = init_random_stream(root / "tiny-random", "tiny", seed=0)
+        export_stream_model(str(checkpoint), export_dir, progress=say)
+    return DemoModel(export_dir, "random tiny checkpoint", False)

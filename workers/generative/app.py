@@ -1,0 +1,370 @@
+"""The generative worker: Qwen3Guard-Gen rulings on complete turns, as a faust-streaming app.
+
+Data flow: its own consumer group (``settings.generative_group``, also the faust app id) reads
+``guard.in``; deltas are assembled per conversation in a changelog-backed table (memory store,
+recovered from the changelog topic on restart; :mod:`workers.generative.assembly`); each
+complete user/assistant message is ruled by Gen through a dynamic batcher running the model in
+threads (:mod:`workers.generative.batcher`); one final Verdict per message goes to
+``guard.verdicts``; undecodable or contradictory input goes to ``guard.in.dlq``.
+
+Crash safety (at-least-once, duplicates identical):
+- The stream is consumed without automatic acks. An event is acked only once its effects are
+  durable: at once when it triggers no ruling, otherwise when every ruling it triggered has been
+  delivered to ``guard.verdicts`` (or, for bad input, when the DLQ record is delivered). faust
+  commits the highest offset below which everything is acked and flushes the producer (table
+  changelog included) before committing. So a committed offset never passes a message whose
+  ruling was not delivered.
+- After SIGKILL the table comes back from its changelog (possibly ahead of the committed
+  offset) and the uncommitted events are replayed. Applying a delta is idempotent; a replayed
+  event re-triggers every complete message that is not marked ruled, so a ruling that was lost
+  is computed again. "Ruled" marks are folded into the table when the next event of that
+  conversation is processed, so a message is ruled again only if its marker had not landed yet.
+- Re-rulings are identical: greedy decoding of the same rendered text (readiness and context
+  depend only on the conversation's content, see assembly), and ``verdict_id`` is
+  ``{conversation}/{message}/generative/final/0``, so consumers dedupe on it. Scores are rounded
+  to 3 decimals: a ruling recomputed in another batch shape differs only by float noise (~1e-6).
+- A conversation's "end" waits for its in-flight rulings before the table key is deleted, so a
+  replay after a crash can never rebuild a partial conversation whose rulings were not delivered.
+
+Reconciliation with the stream worker (see docs/generative.md): both verdicts land on
+``guard.verdicts`` for the same message with different ``source``. A consumer blocks if either
+final verdict blocks; Gen rulings arrive later (complete turns only), so when Gen is stricter than
+the stream verdict its ``action`` says ``block`` after the stream allowed the message: the
+consumer retracts or flags the already-shown text. Both verdicts stay visible side by side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import signal
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.config import Settings
+from pipeline.errors import UserError
+from pipeline.gen.moderator import GenModerator, GenRuling
+from pipeline.gen.render import ModerationRequest
+from pipeline.logging import configure_logging, get_logger
+from pipeline.ops.server import OpsServer
+from pipeline.policy import PolicyBook, load_policy_book
+from schemas.messages import DlqRecord, MessageError, TokenDelta, decode_delta, encode
+from workers.generative.assembly import (
+    AssemblyError,
+    ConversationDraft,
+    apply_delta,
+    decode_draft,
+    encode_draft,
+    ready_for_ruling,
+    stranded_messages,
+)
+from workers.generative.batcher import RulingBatcher
+from workers.generative.metrics import GenMetrics
+from workers.generative.verdicts import generative_verdict
+
+WORKER_NAME = "generative"
+TABLE_NAME = "conversations"
+SHUTDOWN_GRACE_S = 20.0
+
+log = get_logger("guardstream.generative")
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ConversationRuler:
+    """Per-event logic of the faust agent: assemble, schedule rulings, emit verdicts, ack."""
+
+    def __init__(self, *, table: Any, verdicts_topic: Any, dlq_topic: Any, batcher: RulingBatcher,
+                 policies: PolicyBook, model_name: str, settings: Settings, metrics: GenMetrics) -> None:
+        self.table = table
+        self.verdicts_topic = verdicts_topic
+        self.dlq_topic = dlq_topic
+        self.batcher = batcher
+        self.policies = policies
+        self.model_name = model_name
+        self.settings = settings
+        self.metrics = metrics
+        self._inflight: dict[tuple[bytes, int], asyncio.Future[None]] = {}
+        self._delivered: dict[bytes, set[int]] = defaultdict(set)   # delivered, not yet marked in the table
+        self._capacity = asyncio.Semaphore(max(1, settings.gen_max_batch * settings.gen_concurrency * 4))
+        self._ackers: set[asyncio.Future[None]] = set()
+
+    # --- the agent's entry point ----------------------------------------------------------------
+    async def on_event(self, event: Any) -> None:
+        self.metrics.deltas.inc()
+        try:
+            delta = decode_delta(event.value, self.settings.max_text_bytes)
+        except MessageError as exc:
+            await self._dead_letter(event, str(exc), None)
+            event.ack()
+            return
+        key = delta.conversation_id.encode("utf-8")
+        draft = decode_draft(self.table.get(key))
+        changed = self._mark_delivered(key, draft)
+        if delta.type == "end":
+            await self._end_conversation(event, key, delta, draft)
+            return
+        try:
+            applied = apply_delta(draft, delta)
+        except AssemblyError as exc:
+            if changed:
+                self.table[key] = encode_draft(draft)
+            await self._dead_letter(event, str(exc), delta.conversation_id)
+            event.ack()
+            return
+        if applied and delta.message_index is not None and draft.messages[delta.message_index].complete:
+            self.metrics.messages_completed.labels(role=delta.role).inc()
+        if changed or applied:
+            self.table[key] = encode_draft(draft)
+        self.metrics.conversations.set(len(self.table))
+        pending = await self._schedule(event, key, delta, draft)
+        if pending:
+            self._ack_when_done(event, pending)
+        else:
+            event.ack()
+
+    # --- rulings -----------------------------------------------------------------------------
+    async def _schedule(self, event: Any, key: bytes, delta: TokenDelta,
+                        draft: ConversationDraft) -> list[asyncio.Future[None]]:
+        scheduled: list[asyncio.Future[None]] = []
+        for index, request in ready_for_ruling(draft).items():
+            # Already in flight: an earlier event of this conversation (same partition, lower
+            # offset) holds the commit back until it is delivered, so this event need not wait.
+            if (key, index) in self._inflight or index in self._delivered.get(key, ()):
+                continue
+            await self._capacity.acquire()
+            self.metrics.inflight.inc()
+            future = asyncio.ensure_future(self._rule_and_emit(event, key, delta, draft, index, request))
+            self._inflight[(key, index)] = future
+            future.add_done_callback(lambda _f, k=key, i=index: self._on_ruling_done(k, i))
+            scheduled.append(future)
+        return scheduled
+
+    def _on_ruling_done(self, key: bytes, index: int) -> None:
+        self._inflight.pop((key, index), None)
+        self._capacity.release()
+        self.metrics.inflight.dec()
+
+    async def _rule_and_emit(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft, index: int,
+                             request: ModerationRequest) -> None:
+        started = time.perf_counter()
+        conversation_id = delta.conversation_id
+        try:
+            ruling: GenRuling = await self.batcher.submit(request)
+        except Exception as exc:
+            self.metrics.ruling_failures.inc()
+            log.error("ruling failed", extra={"conversation_id": conversation_id, "message_index": index,
+                                              "error": repr(exc)})
+            await self._dead_letter(event, f"generative ruling failed for message {index}: {exc}", conversation_id)
+            return
+        verdict = generative_verdict(
+            conversation_id=conversation_id, message_index=index, role=draft.messages[index].role,
+            tenant=draft.tenant, ruling=ruling, policies=self.policies, model=self.model_name,
+            now_ms=_now_ms(), sent_ms=delta.ts_ms,
+        )
+        delivery = await self.verdicts_topic.send(key=key, value=encode(verdict), force=True)
+        await delivery
+        self._delivered[key].add(index)
+        self.metrics.rulings.labels(risk=verdict.risk, action=verdict.action).inc()
+        if ruling.truncated_tokens:
+            self.metrics.truncated.inc()
+        self.metrics.ruling_seconds.observe(time.perf_counter() - started)
+        log.debug("ruling", extra={"conversation_id": conversation_id, "message_index": index,
+                                   "risk": verdict.risk, "action": verdict.action})
+
+    def _mark_delivered(self, key: bytes, draft: ConversationDraft) -> bool:
+        """Fold delivered rulings into the draft (table writes need an event of this conversation)."""
+        done = self._delivered.pop(key, set())
+        changed = False
+        for index in done:
+            message = draft.messages.get(index)
+            if message is not None and not message.ruled:
+                message.ruled = True
+                changed = True
+        return changed
+
+    def _ack_when_done(self, event: Any, pending: Sequence[asyncio.Future[None]]) -> None:
+        async def ack_later() -> None:
+            await asyncio.gather(*pending, return_exceptions=True)
+            event.ack()
+
+        task = asyncio.ensure_future(ack_later())
+        self._ackers.add(task)
+        task.add_done_callback(self._ackers.discard)
+
+    async def _end_conversation(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft) -> None:
+        # Rulings still running must land before the state goes: a replay after a crash could not
+        # rebuild the conversation from the events that are left.
+        waiting = [f for (k, _), f in list(self._inflight.items()) if k == key]
+        waiting += await self._schedule(event, key, delta, draft)
+        if waiting:
+            await asyncio.gather(*waiting, return_exceptions=True)
+        for index in stranded_messages(draft):
+            await self._dead_letter(event, f"assistant message {index} got no ruling: a lower message index "
+                                           "never arrived complete", delta.conversation_id)
+        self._delivered.pop(key, None)
+        if self.table.get(key) is not None:
+            del self.table[key]
+        self.metrics.conversations.set(len(self.table))
+        event.ack()
+
+    async def wait_idle(self, timeout_s: float) -> None:
+        """Let in-flight rulings finish and their events ack (graceful shutdown)."""
+        pending = [*self._inflight.values(), *self._ackers]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout_s)
+
+    # --- dead letters ------------------------------------------------------------------------
+    async def _dead_letter(self, event: Any, reason: str, conversation_id: str | None) -> None:
+        self.metrics.dlq.labels(kind=reason.split(":")[0][:40]).inc()
+        raw = event.value if isinstance(event.value, bytes | bytearray) else b""
+        key = event.key if isinstance(event.key, bytes | bytearray) else None
+        try:
+            text: str | None = bytes(raw).decode("utf-8")
+        except UnicodeDecodeError:
+            text = None
+        message = event.message
+        await self._send_dlq(DlqRecord(
+            reason=reason, source_topic=message.topic, source_partition=message.partition,
+            source_offset=message.offset, original_b64=base64.b64encode(bytes(raw)).decode("ascii"),
+            ts_ms=_now_ms(), worker=WORKER_NAME,
+            original_key=bytes(key).decode("utf-8", "replace") if key is not None else None,
+            original_text=text, conversation_id=conversation_id,
+        ))
+        log.warning("dead letter", extra={"reason": reason, "partition": message.partition, "offset": message.offset})
+
+    async def _send_dlq(self, record: DlqRecord) -> None:
+        key = record.conversation_id.encode("utf-8") if record.conversation_id else None
+        delivery = await self.dlq_topic.send(key=key, value=encode(record), force=True)
+        await delivery
+
+
+# --- wiring -------------------------------------------------------------------------------------
+def input_partitions(settings: Settings) -> int:
+    """Partitions of the input topic: the table and its changelog must be co-partitioned with it."""
+    from pipeline.kafka.clients import make_admin
+
+    metadata = make_admin(settings).list_topics(settings.topic_in, timeout=15)
+    topic = metadata.topics.get(settings.topic_in)
+    if topic is None or topic.error is not None or not topic.partitions:
+        raise UserError(f"input topic {settings.topic_in} does not exist on {settings.kafka_bootstrap}; "
+                        "create it with 'guardstream topics'")
+    return len(topic.partitions)
+
+
+def faust_credentials(settings: Settings) -> Any:
+    import ssl
+
+    import faust
+
+    protocol = settings.kafka_security_protocol
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location or None)
+        if settings.kafka_ssl_certificate_location:
+            context.load_cert_chain(settings.kafka_ssl_certificate_location, settings.kafka_ssl_key_location or None)
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
+                                 mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
+
+
+def build_app(settings: Settings, partitions: int) -> tuple[Any, Any, Any, Any, Any]:
+    """The faust app with its input topic, table, verdict topic and DLQ topic."""
+    import faust
+
+    app = faust.App(
+        settings.generative_group,
+        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
+        broker_credentials=faust_credentials(settings),
+        store="memory://",
+        web_enabled=False,
+        autodiscover=False,
+        topic_replication_factor=settings.replication_factor,
+        topic_partitions=partitions,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        # Rulings still running at shutdown are replayed after restart (their events are unacked).
+        stream_wait_empty=False,
+        producer_acks=-1,
+    )
+    in_topic = app.topic(settings.topic_in, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+    table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=bytes, value_type=bytes,
+                      key_serializer="raw", value_serializer="raw")
+    verdicts = app.topic(settings.topic_verdicts, key_type=bytes, value_type=bytes,
+                         key_serializer="raw", value_serializer="raw")
+    dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+    return app, in_topic, table, verdicts, dlq
+
+
+async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
+                stop: asyncio.Event | None = None) -> int:
+    """Load the model, run the faust app until ``stop`` (or SIGTERM/SIGINT), shut down cleanly."""
+    from pipeline.gen.checkpoint import load_gen_model
+
+    if not settings.model:
+        raise UserError("the generative worker needs --model DIR (a Qwen3Guard-Gen checkpoint or hub id); "
+                        "make one with 'guardstream model init-random --arch gen --out DIR'")
+    loop = asyncio.get_running_loop()
+    stop = stop or asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):   # not the main thread (in-process tests)
+            loop.add_signal_handler(signum, stop.set)
+    policies = load_policy_book(settings.policy_file or None, settings.default_policy)
+    gen = await loop.run_in_executor(None, load_gen_model, settings.model, settings.device, settings.precision)
+    moderator = await loop.run_in_executor(
+        None, lambda: GenModerator(gen, context_tokens=settings.max_context_tokens))
+    partitions = input_partitions(settings)
+    app, in_topic, table, verdicts, dlq = build_app(settings, partitions)
+    batcher = RulingBatcher(moderator.rule, max_batch=settings.gen_max_batch, concurrency=settings.gen_concurrency,
+                            max_wait_s=settings.max_batch_wait_ms / 1000, metrics=metrics)
+    ruler = ConversationRuler(table=table, verdicts_topic=verdicts, dlq_topic=dlq, batcher=batcher,
+                              policies=policies, model_name=gen.name, settings=settings, metrics=metrics)
+
+    async def moderate(stream: Any) -> None:
+        async for event in stream.noack().events():
+            await ruler.on_event(event)
+
+    app.agent(in_topic, name="generative-moderate")(moderate)
+    batcher.start()
+    await app.start()
+    if ops is not None:
+        ops.set_ready(True)
+    log.info("generative worker ready", extra={"model": gen.name, "partitions": partitions,
+                                               "group": settings.generative_group, "device": gen.device})
+    crashed = False
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=1.0)
+        except TimeoutError:
+            if app.crashed:
+                crashed = True
+                log.error("faust app crashed; stopping", extra={"reason": repr(getattr(app, "crash_reason", None))})
+                break
+    if ops is not None:
+        ops.set_ready(False)
+    log.info("generative worker stopping")
+    await ruler.wait_idle(SHUTDOWN_GRACE_S)
+    await app.stop()
+    await batcher.stop()
+    return 1 if crashed else 0
+
+
+def run_generative_worker(settings: Settings) -> int:
+    """Run the generative worker until SIGTERM/SIGINT; returns the process exit code."""
+    configure_logging(settings.log_level)
+    metrics = GenMetrics()
+    ops = OpsServer(settings.metrics_port, metrics.registry).start() if settings.metrics_port else None
+    try:
+        return asyncio.run(serve(settings, metrics, ops))
+    finally:
+        if ops is not None:
+            ops.stop()

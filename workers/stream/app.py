@@ -1,0 +1,100 @@
+"""Assembles a stream worker from Settings: model, tokenizer, policies, Redis, metrics, signals."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pipeline.config import Settings
+from pipeline.errors import UserError
+from pipeline.labels import LabelMaps
+from pipeline.logging import configure_logging
+from pipeline.policy import load_policy_book
+from pipeline.state.store import StateStore
+from pipeline.tokens.files import load_qwen3_tokenizer
+from workers.stream.metrics import StreamMetrics
+from workers.stream.processing import BatchProcessor
+from workers.stream.worker import StreamWorker
+
+log = logging.getLogger("guardstream.stream")
+
+
+def worker_name(settings: Settings) -> str:
+    """Unique per running instance: the transactional.id must never be shared by two live workers."""
+    return f"{settings.stream_group}-{socket.gethostname()}-{os.getpid()}"
+
+
+def model_files_dir(model: str) -> Path:
+    """Where the checkpoint's (or export's) config.json and tokenizer live."""
+    folder = Path(model)
+    if folder.is_dir():
+        return folder
+    from pipeline.model.checkpoint import resolve_model_dir
+
+    return resolve_model_dir(model)
+
+
+def load_labels_and_tokenizer(model: str) -> tuple[LabelMaps, Any]:
+    folder = model_files_dir(model)
+    config_path = folder / "config.json"
+    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
+    tokenizer = load_qwen3_tokenizer(folder if (folder / "tokenizer.json").is_file() else None)
+    return LabelMaps.from_config(config), tokenizer
+
+
+def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None) -> StreamWorker:
+    """Everything but the Kafka clients, which the worker opens in run()."""
+    from pipeline.scoring.scorer import Scorer
+
+    if not settings.model:
+        raise UserError("no model given: pass --model DIR (a checkpoint or an ONNX export) or set GUARD_MODEL")
+    if engine is None:
+        from pipeline.onnx.engine import open_stream_engine
+
+        engine = open_stream_engine(settings.model, settings)
+    labels, tokenizer = load_labels_and_tokenizer(settings.model)
+    policies = load_policy_book(settings.policy_file or None, settings.default_policy)
+    scorer = Scorer(
+        tokenizer, labels, policies, engine.model_name,
+        progress_every_tokens=settings.progress_every_tokens, max_context_tokens=settings.max_context_tokens,
+    )
+    client = redis.Redis.from_url(settings.redis_url)
+    store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis)
+    name = worker_name(settings)
+    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms)
+    return StreamWorker(settings, processor, store, metrics, name)
+
+
+def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Run until SIGTERM/SIGINT (or ``stop``); the current batch is finished and committed first."""
+    configure_logging(settings.log_level)
+    stop = stop or threading.Event()
+    metrics = StreamMetrics()
+    ops = None
+    if settings.metrics_port:
+        from pipeline.ops.server import OpsServer
+
+        ops = OpsServer(settings.metrics_port, metrics.registry).start()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda signum, frame: stop.set())
+    try:
+        worker = build_worker(settings, metrics)
+        log.info("model loaded", extra={"model": worker.processor.engine.model_name, "worker": worker.name})
+        if ops is not None:
+            ready_ops = ops
+            worker.set_on_subscribed(lambda: ready_ops.set_ready(True))
+        worker.run(stop)
+    finally:
+        if ops is not None:
+            ops.set_ready(False)
+            ops.stop()
+    return 0

@@ -1,0 +1,273 @@
+"""One micro-batch: decode deltas, load states, score all conversations in one engine step.
+
+Pure with respect to Kafka: it takes consumed records and returns what must be produced and
+what must be written to Redis. The worker decides when (inside a transaction) and whether
+(replays suppress output). Failures are contained per record (bad input) and per conversation
+(unexpected exceptions): they become DLQ records, and the rest of the batch is judged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
+
+from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.state.keys import conversation_key
+from pipeline.state.store import PartitionWrite, StateStore
+from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta
+from workers.stream.records import InputRecord, dlq_record
+
+log = logging.getLogger("guardstream.stream")
+
+# How many score/absorb rounds one batch may take; a scorer hands out all ready tokens at once,
+# so more than a couple of rounds means something is wrong, and we stop rather than spin.
+_MAX_ROUNDS = 8
+
+PartitionId = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class ConversationRef:
+    """Where a conversation lives: enough to load and judge it without an input record."""
+
+    conversation_id: str
+    tenant: str | None
+    topic: str
+    partition: int
+
+    @property
+    def partition_id(self) -> PartitionId:
+        return (self.topic, self.partition)
+
+
+@dataclass
+class _Conversation:
+    key: str
+    conversation_id: str
+    tenant: str | None
+    topic: str
+    partition: int
+    deltas: list[tuple[InputRecord, TokenDelta]] = field(default_factory=list)
+    state: ConversationState | None = None
+    ended: bool = False
+    failed: bool = False
+    changed: bool = False
+
+
+@dataclass
+class BatchOutcome:
+    verdicts: list[Verdict] = field(default_factory=list)
+    dlq: list[DlqRecord] = field(default_factory=list)
+    writes: list[PartitionWrite] = field(default_factory=list)
+    ended_keys: list[str] = field(default_factory=list)
+    touched: dict[str, ConversationRef] = field(default_factory=dict)
+    held: dict[str, ConversationRef] = field(default_factory=dict)  # conversations holding out-of-order deltas
+    deltas: int = 0
+    tokens_scored: int = 0
+    conversations_scored: int = 0
+    delta_ts_ms: dict[str, int] = field(default_factory=dict)        # conversation key -> newest delta ts_ms
+
+
+def has_held_deltas(state: ConversationState) -> bool:
+    """Whether the scorer is holding deltas that wait for a gap to fill (they may expire)."""
+    held = getattr(state, "held", None)
+    return bool(held)
+
+
+class BatchProcessor:
+    def __init__(
+        self,
+        scorer: Scorer,
+        engine: StreamEngine,
+        store: StateStore,
+        worker_name: str,
+        max_text_bytes: int,
+        gap_timeout_ms: int,
+    ) -> None:
+        self.scorer = scorer
+        self.engine = engine
+        self.store = store
+        self.worker_name = worker_name
+        self.max_text_bytes = max_text_bytes
+        self.gap_timeout_ms = gap_timeout_ms
+
+    # ------------------------------------------------------------------------------------
+    def process(
+        self,
+        records: Sequence[InputRecord],
+        expected_watermarks: Mapping[PartitionId, int],
+        now_ms: int,
+        sweep: Mapping[str, ConversationRef] | None = None,
+        expire_gaps: bool = True,
+    ) -> BatchOutcome:
+        """Judge ``records`` (in offset order per partition) plus the conversations in ``sweep``.
+
+        ``expected_watermarks`` is what the caller believes Redis holds per partition; the
+        returned writes carry it so that the store can fence them.
+        """
+        out = BatchOutcome(deltas=len(records))
+        convs: dict[str, _Conversation] = {}
+        last_offset: dict[PartitionId, int] = {}
+        for rec in records:
+            pid = (rec.topic, rec.partition)
+            last_offset[pid] = max(last_offset.get(pid, -1), rec.offset)
+            try:
+                delta = decode_delta(rec.value, self.max_text_bytes)
+            except MessageError as exc:
+                out.dlq.append(self._dlq(str(exc), rec, now_ms))
+                continue
+            key = conversation_key(delta.tenant, delta.conversation_id)
+            conv = convs.get(key)
+            if conv is None:
+                conv = convs[key] = _Conversation(key, delta.conversation_id, delta.tenant, rec.topic, rec.partition)
+            conv.deltas.append((rec, delta))
+            if delta.ts_ms is not None:
+                out.delta_ts_ms[key] = delta.ts_ms
+        for key, ref in (sweep or {}).items():
+            if key not in convs:
+                convs[key] = _Conversation(key, ref.conversation_id, ref.tenant, ref.topic, ref.partition)
+
+        self._load_states(convs.values(), out, now_ms)
+        for conv in convs.values():
+            self._apply(conv, out, now_ms, expire_gaps)
+        self._score(list(convs.values()), out, now_ms)
+
+        out.writes = self._writes(convs.values(), last_offset, expected_watermarks)
+        for conv in convs.values():
+            ref = ConversationRef(conv.conversation_id, conv.tenant, conv.topic, conv.partition)
+            out.touched[conv.key] = ref
+            if conv.ended:
+                out.ended_keys.append(conv.key)
+            elif conv.state is not None and not conv.failed and has_held_deltas(conv.state):
+                out.held[conv.key] = ref
+        return out
+
+    # ------------------------------------------------------------------------------------
+    def _load_states(self, convs: Iterable[_Conversation], out: BatchOutcome, now_ms: int) -> None:
+        todo = list(convs)
+        stored = self.store.load([c.key for c in todo])
+        for conv in todo:
+            raw = stored.get(conv.key)
+            if raw is None:
+                conv.state = self.scorer.new_state(conv.conversation_id, conv.tenant)
+                continue
+            try:
+                conv.state = self.scorer.decode_state(raw)
+            except Exception as exc:  # an unreadable state must not stop the partition
+                self._fail(conv, f"unreadable conversation state: {exc!r}", out, now_ms)
+
+    def _apply(self, conv: _Conversation, out: BatchOutcome, now_ms: int, expire_gaps: bool) -> None:
+        if conv.failed or conv.state is None:
+            return
+        state = conv.state
+        try:
+            for rec, delta in conv.deltas:
+                if delta.type == "end":
+                    conv.ended = True
+                    conv.changed = True
+                    continue
+                source = SourceRef(rec.topic, rec.partition, rec.offset)
+                rejections = self.scorer.apply(state, delta, rec.value or b"", source, now_ms)
+                conv.changed = True
+                out.dlq.extend(self._dlq_of(r, now_ms) for r in rejections)
+            if expire_gaps and not conv.ended:
+                expired = self.scorer.expire(state, now_ms, self.gap_timeout_ms)
+                if expired:
+                    conv.changed = True
+                out.dlq.extend(self._dlq_of(r, now_ms) for r in expired)
+        except Exception as exc:
+            log.exception("applying deltas failed", extra={"conversation_key": conv.key})
+            self._fail(conv, f"internal error while applying deltas: {exc!r}", out, now_ms)
+
+    def _score(self, convs: list[_Conversation], out: BatchOutcome, now_ms: int) -> None:
+        for _ in range(_MAX_ROUNDS):
+            ready: list[tuple[_Conversation, FeedRequest]] = []
+            for conv in convs:
+                if conv.failed or conv.ended or conv.state is None:
+                    continue
+                try:
+                    request = self.scorer.pending(conv.state)
+                except Exception as exc:
+                    self._fail(conv, f"internal error while preparing tokens: {exc!r}", out, now_ms)
+                    continue
+                if request is not None:
+                    ready.append((conv, request))
+            if not ready:
+                return
+            for (conv, _request), outputs in zip(ready, self._run(ready, out, now_ms), strict=True):
+                if outputs is None or conv.state is None:
+                    continue
+                out.tokens_scored += len(outputs)
+                try:
+                    out.verdicts.extend(self.scorer.absorb(conv.state, outputs, now_ms))
+                    conv.changed = True
+                except Exception as exc:
+                    log.exception("absorbing model outputs failed", extra={"conversation_key": conv.key})
+                    self._fail(conv, f"internal error while scoring: {exc!r}", out, now_ms)
+            out.conversations_scored += len(ready)
+        for conv in convs:
+            if not conv.failed and not conv.ended and conv.state is not None and self.scorer.pending(conv.state):
+                self._fail(conv, "internal error: scorer kept asking for more tokens", out, now_ms)
+
+    def _run(
+        self, ready: list[tuple[_Conversation, FeedRequest]], out: BatchOutcome, now_ms: int
+    ) -> list[HeadOutputs | None]:
+        """One engine step for all; if it fails, find the culprit(s) one conversation at a time."""
+        try:
+            return list(self.engine.run([r for _, r in ready]))
+        except Exception:
+            if len(ready) == 1:
+                conv, _ = ready[0]
+                log.exception("engine failed", extra={"conversation_key": conv.key})
+                self._fail(conv, "internal error in the model engine", out, now_ms)
+                self.engine.evict(conv.key)
+                return [None]
+        results: list[HeadOutputs | None] = []
+        for pair in ready:
+            results.extend(self._run([pair], out, now_ms))
+        return results
+
+    # ------------------------------------------------------------------------------------
+    def _writes(
+        self,
+        convs: Iterable[_Conversation],
+        last_offset: Mapping[PartitionId, int],
+        expected: Mapping[PartitionId, int],
+    ) -> list[PartitionWrite]:
+        writes: dict[PartitionId, PartitionWrite] = {}
+
+        def write_for(pid: PartitionId) -> PartitionWrite:
+            if pid not in writes:
+                old = expected.get(pid, -1)
+                writes[pid] = PartitionWrite(pid[0], pid[1], old, max(old, last_offset.get(pid, old)))
+            return writes[pid]
+
+        for pid in last_offset:
+            write_for(pid)
+        for conv in convs:
+            if conv.failed or not conv.changed or conv.state is None:
+                continue
+            w = write_for((conv.topic, conv.partition))
+            if conv.ended:
+                w.deleted.add(conv.key)
+            else:
+                w.states[conv.key] = self.scorer.encode_state(conv.state)
+        return list(writes.values())
+
+    def _fail(self, conv: _Conversation, reason: str, out: BatchOutcome, now_ms: int) -> None:
+        """Send a conversation's deltas of this batch to the DLQ; its stored state stays as it was."""
+        conv.failed = True
+        out.dlq.extend(self._dlq(reason, rec, now_ms, delta.conversation_id) for rec, delta in conv.deltas)
+
+    def _dlq(self, reason: str, rec: InputRecord, now_ms: int, conversation_id: str | None = None) -> DlqRecord:
+        return dlq_record(reason, rec.value, rec.topic, rec.partition, rec.offset, self.worker_name, now_ms,
+                          key=rec.key, conversation_id=conversation_id)
+
+    def _dlq_of(self, rejection: Rejection, now_ms: int) -> DlqRecord:
+        src = rejection.source
+        return dlq_record(rejection.reason, rejection.raw, src.topic, src.partition, src.offset, self.worker_name,
+                          now_ms, conversation_id=rejection.conversation_id)
+
