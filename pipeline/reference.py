@@ -6,23 +6,43 @@ once over the whole context, and the decision rule reads the logits at the messa
 positions (user: the query heads at its ``<|im_end|>``; assistant: the response heads at its
 reasoning/content tokens; system: nothing). It is deliberately simple and independent of the
 incremental code so that comparing the two means something.
+
+Verdicts carry what describes the message, not a delivery: ``char_offset`` of the deciding token in
+the message text (reasoning then content, as the stream scorer counts it), no ``seq`` and no
+``cleared_through_seq`` (an offline message has no chunks).
+
+Context limit (``max_context_tokens``), the stream scorer's policy for the common case: a message
+whose context does not fit has its text cut (template pieces are kept, so a user message is still
+judged at its ``<|im_end|>``); a message whose template alone does not fit, and every message after
+a cut one, is not judged (no verdict).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from tokenizers import Tokenizer
 
 from pipeline.conversations import Conversation, Message
 from pipeline.decision import Decision, decide_prompt, decide_response
 from pipeline.engine.types import FeedRequest, HeadOutputs
 from pipeline.labels import LabelMaps
 from pipeline.model.modeling import Qwen3GuardStream
-from pipeline.tokens.chat import RenderedContext, render_context
+from pipeline.policy import PolicyBook
+from pipeline.scoring.verdicts import final_verdict
+from pipeline.tokens.chat import (
+    RenderedContext,
+    assemble_message,
+    message_ids,
+    render_context,
+    renders_think_block,
+)
 from pipeline.tokens.text import TextTokenizer
+from schemas.messages import Verdict
 
 JUDGED_ROLES = ("user", "assistant")
 
@@ -80,21 +100,144 @@ def decide(role: str, scored: HeadOutputs, labels: LabelMaps) -> Decision:
     return decide_response(scored.risk_logits, scored.category_logits, labels)
 
 
+def scored_char_spans(text: TextTokenizer, messages: Sequence[Message], index: int) -> list[tuple[int, int]]:
+    """Character span, in the message text, of each scored token of message ``index`` (last in context).
+
+    Message text = reasoning then content, as the stream scorer concatenates a message's deltas.
+    Newlines the template strips (around reasoning, before content after a think block) count in
+    the offsets but belong to no token. A user message's one scored token, ``<|im_end|>``, sits at
+    the end of its text.
+    """
+    message = messages[index]
+    if message.role == "user":
+        return [(len(message.content), len(message.content))]
+    if message.role != "assistant":
+        return []
+    roles = [m.role for m in messages[: index + 1]]
+    if not renders_think_block(roles, index, bool(message.reasoning)):
+        return text.encode_text_spans(message.content).spans
+    reasoning = message.reasoning or ""
+    lead = len(reasoning) - len(reasoning.lstrip("\n"))
+    spans = [(lead + a, lead + b) for a, b in text.encode_text_spans(reasoning.strip("\n")).spans]
+    content = message.content.lstrip("\n")
+    base = len(reasoning) + len(message.content) - len(content)
+    return spans + [(base + a, base + b) for a, b in text.encode_text_spans(content).spans]
+
+
+def fit_context(text: TextTokenizer, messages: Sequence[Message], index: int,
+                max_context_tokens: int) -> RenderedContext | None:
+    """Message ``index``'s context within ``max_context_tokens`` tokens (text cut if needed), or None
+    when not even its template fits. ``cut`` messages are recognisable by fewer scored positions."""
+    full = render_context(text, messages, index)
+    if len(full.token_ids) <= max_context_tokens:
+        return full
+    roles = [m.role for m in messages[: index + 1]]
+    message = messages[index]
+    rendered = message_ids(text, roles, message, index)
+    prefix = full.token_ids[: len(full.token_ids) - len(rendered.ids)]
+    think = message.role == "assistant" and renders_think_block(roles, index, bool(message.reasoning))
+    content = text.encode_text(message.content.lstrip("\n") if think else message.content)
+    reasoning = text.encode_text((message.reasoning or "").strip("\n")) if think else []
+    template = assemble_message(text, message.role, [], think=think)   # header, empty think, end
+    if len(prefix) + len(template.ids) > max_context_tokens:
+        return None
+    if reasoning:
+        with_reasoning = assemble_message(text, message.role, [], think=True, reasoning_ids=reasoning[:1])
+        if len(prefix) + len(with_reasoning.ids) > max_context_tokens:
+            reasoning = []   # no room for a think block with text: the empty block, and nothing judged
+            content = []
+        else:
+            room = max_context_tokens - len(prefix) - (len(with_reasoning.ids) - 1)
+            if room < len(reasoning):
+                reasoning, content = reasoning[:room], []
+            else:
+                content = content[: room - len(reasoning)]
+    else:
+        content = content[: max_context_tokens - len(prefix) - len(template.ids)]
+    cut = assemble_message(text, message.role, content, think=think, reasoning_ids=reasoning)
+    return RenderedContext(prefix + cut.ids, [len(prefix) + offset for offset in cut.scored])
+
+
 def judge_message(model: Qwen3GuardStream, text: TextTokenizer, messages: Sequence[Message], index: int,
-                  labels: LabelMaps) -> MessageJudgement:
-    """Render message ``index`` in its context, run the model once, decide."""
-    context = render_context(text, messages, index)
+                  labels: LabelMaps, max_context_tokens: int | None = None) -> MessageJudgement | None:
+    """Render message ``index`` in its context, run the model once, decide (None: it does not fit)."""
+    context = (render_context(text, messages, index) if max_context_tokens is None
+               else fit_context(text, messages, index, max_context_tokens))
+    if context is None:
+        return None
     scored = _rows(reference_logits(model, context.token_ids), context.scored_positions)
     role = messages[index].role
     return MessageJudgement(index, role, context, scored, decide(role, scored, labels))
 
 
 def judge_conversation(model: Qwen3GuardStream, text: TextTokenizer, conversation: Conversation,
-                       labels: LabelMaps) -> list[MessageJudgement]:
-    """Judgements of every user and assistant message, in order (system messages are context only)."""
+                       labels: LabelMaps, max_context_tokens: int | None = None) -> list[MessageJudgement]:
+    """Judgements of the user and assistant messages, in order (system messages are context only).
+
+    With ``max_context_tokens``, judging stops at the first message that does not fit whole.
+    """
     messages = conversation.messages
-    return [judge_message(model, text, messages, i, labels)
-            for i, m in enumerate(messages) if m.role in JUDGED_ROLES]
+    judged: list[MessageJudgement] = []
+    for i, message in enumerate(messages):
+        if max_context_tokens is not None:
+            whole = render_context(text, messages, i)
+            if len(whole.token_ids) > max_context_tokens:
+                last = judge_message(model, text, messages, i, labels, max_context_tokens)
+                return judged + ([last] if last is not None and message.role in JUDGED_ROLES else [])
+        judgement = judge_message(model, text, messages, i, labels) if message.role in JUDGED_ROLES else None
+        if judgement is not None:
+            judged.append(judgement)
+    return judged
+
+
+class ReferenceModerator:
+    """Final Verdicts for complete conversations from the full-sequence reference computation."""
+
+    def __init__(self, model: Qwen3GuardStream, tokenizer: Tokenizer | TextTokenizer, labels: LabelMaps,
+                 policies: PolicyBook, model_name: str, *, include_token_labels: bool = False,
+                 max_context_tokens: int = 8192) -> None:
+        self.model = model
+        self.text = TextTokenizer.of(tokenizer)
+        self.labels = labels
+        self.policies = policies
+        self.model_name = model_name
+        self.include_token_labels = include_token_labels
+        self.max_context_tokens = max_context_tokens
+
+    @classmethod
+    def from_dir(cls, folder: Path, policies: PolicyBook, model_name: str, *, device: str = "auto",
+                 precision: str = "auto", include_token_labels: bool = False,
+                 max_context_tokens: int = 8192) -> ReferenceModerator:
+        """Load the checkpoint and its tokenizer from ``folder`` (fp32 on CPU unless told otherwise)."""
+        from pipeline.model.checkpoint import load_stream_model
+        from pipeline.tokens.files import load_qwen3_tokenizer
+
+        model, config = load_stream_model(str(folder), dtype=precision, device=device)
+        tokenizer = load_qwen3_tokenizer(folder if (folder / "tokenizer.json").is_file() else None)
+        return cls(model, tokenizer, LabelMaps.from_config(config), policies, model_name,
+                   include_token_labels=include_token_labels, max_context_tokens=max_context_tokens)
+
+    def judge(self, conversation: Conversation) -> list[MessageJudgement]:
+        return judge_conversation(self.model, self.text, conversation, self.labels, self.max_context_tokens)
+
+    def moderate(self, conversation: Conversation, now_ms: int = 0) -> list[Verdict]:
+        """One final Verdict per judged user/assistant message, stamped ``now_ms``."""
+        policy = self.policies.for_tenant(conversation.tenant)
+        verdicts = []
+        for judgement in self.judge(conversation):
+            decision = judgement.decision
+            char_offset = None
+            if decision.token_index is not None:
+                spans = scored_char_spans(self.text, conversation.messages, judgement.message_index)
+                char_offset = spans[decision.token_index][0]
+            verdicts.append(final_verdict(
+                conversation_id=conversation.conversation_id, message_index=judgement.message_index,
+                role=judgement.role,  # type: ignore[arg-type]
+                decision=decision, policy=policy, model=self.model_name, ts_ms=now_ms,
+                tenant=conversation.tenant, char_offset=char_offset,
+                include_token_labels=self.include_token_labels,
+            ))
+        return verdicts
 
 
 class ReferenceEngine:

@@ -104,12 +104,13 @@ def init_random_gen(out: Path, size: str = "tiny", seed: int = 0) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     config = Qwen3Config(**{k: v for k, v in config_dict.items() if k not in ("architectures", "model_type")})
-    model = Qwen3ForCausalLM(config)
+    model: Any = Qwen3ForCausalLM(config)
     with torch.no_grad():
         std = LOGIT_STD / math.sqrt(config_dict["hidden_size"])
         model.model.embed_tokens.weight.normal_(0.0, std, generator=torch.Generator().manual_seed(seed))
     dtype = torch.float32 if config_dict["torch_dtype"] == "float32" else torch.bfloat16
-    model.to(dtype).save_pretrained(out, safe_serialization=True)
+    model = model.to(dtype=dtype)
+    model.save_pretrained(out, safe_serialization=True)
     # save_pretrained writes its own config.json; ours is the contract (field set, architectures).
     (out / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n", encoding="utf-8")
     (out / "generation_config.json").write_text(json.dumps(generation_config_dict(), indent=2) + "\n",
@@ -193,8 +194,9 @@ def load_gen_model(model: str, device: str = "auto", dtype: str = "auto") -> Gen
     chosen_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, chosen_device)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
-    lm = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
-    lm.to(chosen_device).eval()
+    lm: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
+    lm = lm.to(device=chosen_device)
+    lm.eval()
     generation = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
     eos = generation.get("eos_token_id", config.get("eos_token_id", EOS_TOKEN_IDS[0]))
     eos_ids = tuple(eos) if isinstance(eos, list) else (int(eos),)

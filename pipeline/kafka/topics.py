@@ -144,9 +144,7 @@ def _create(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> set
 
 
 def _align_config(admin: AdminClient, spec: TopicSpec, timeout_s: float) -> bool:
-    resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
-    current = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
-    differing = {k: v for k, v in spec.config.items() if k not in current or current[k].value != v}
+    differing = _config_drift(admin, spec, timeout_s)
     if not differing:
         return False
     update = ConfigResource(
@@ -157,7 +155,17 @@ def _align_config(admin: AdminClient, spec: TopicSpec, timeout_s: float) -> bool
     )
     for future in admin.incremental_alter_configs([update], request_timeout=timeout_s).values():
         future.result()
+    # The controller accepts the change before the broker applies it: return only once it is in effect.
+    deadline = time.monotonic() + timeout_s
+    while _config_drift(admin, spec, timeout_s) and time.monotonic() < deadline:
+        time.sleep(0.1)
     return True
+
+
+def _config_drift(admin: AdminClient, spec: TopicSpec, timeout_s: float) -> dict[str, str]:
+    resource = ConfigResource(ConfigResource.Type.TOPIC, spec.name)
+    current = admin.describe_configs([resource], request_timeout=timeout_s)[resource].result(timeout=timeout_s)
+    return {k: v for k, v in spec.config.items() if k not in current or current[k].value != v}
 
 
 def _wait_for_leaders(admin: AdminClient, specs: list[TopicSpec], timeout_s: float) -> None:

@@ -44,13 +44,20 @@ DTYPES: Mapping[str, torch.dtype] = {
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-# Random init (init_random_stream): the backbone uses the config's initializer_range like
-# transformers does. The head weights get std HEAD_LOGIT_STD / sqrt(fan_in): their input is
-# RMS-normalised (unit RMS per position), so every logit has std ~HEAD_LOGIT_STD whatever the
-# backbone does. With std 2 the argmax changes from token to token, all three risk classes occur
-# on ordinary text, and top-2 margins are rarely tiny: tests see non-degenerate verdicts and
-# argmax comparisons are not decided by float noise.
+# Random init (init_random_stream). A random deep Qwen3 "collapses": every layer's pre-norm makes
+# its output O(1) whatever the residual holds, attention averages over the context, and after a
+# few dozen layers all positions share one direction (mean cosine 0.86 at the 0.6B shape with
+# transformers' plain init), so the heads give the same class at every token. Two scalings keep the
+# token identity visible at the heads while the context still moves the logits by O(1):
+# - the residual-writing projections (o_proj, down_proj) get initializer_range / sqrt(2 * layers)
+#   (GPT-2's residual scaling), so the depth adds up to an O(1) total;
+# - the embeddings get initializer_range * max(1, layers / 2), comparable to that total.
+# The head weights get std HEAD_LOGIT_STD / sqrt(fan_in): their input is RMS-normalised (unit RMS
+# per position), so every logit has std ~HEAD_LOGIT_STD. With std 2 the argmax changes from token
+# to token, all three risk classes occur on ordinary text, and top-2 margins are rarely tiny: tests
+# see non-degenerate verdicts and argmax comparisons are not decided by float noise.
 HEAD_LOGIT_STD = 2.0
+RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 # Norm weights start at 1 + N(0, NORM_WEIGHT_STD) instead of Qwen3's exact ones. With all-ones
 # norms, a norm followed by a linear map and another RMSNorm (the head pathway) is invisible, so
 # tests could not tell whether the heads read normed states or whether norm weights loaded at all.
@@ -310,7 +317,13 @@ def _init_std(name: str, shape: tuple[int, ...], config: Mapping[str, Any]) -> f
         return HEAD_LOGIT_STD / math.sqrt(shape[1])
     if head.endswith("_pre"):
         return 1.0 / math.sqrt(shape[1])
-    return float(config.get("initializer_range", 0.02))
+    base = float(config.get("initializer_range", 0.02))
+    layers = int(config["num_hidden_layers"])
+    if name == "model.embed_tokens.weight":
+        return base * max(1.0, layers / 2)
+    if name.endswith(RESIDUAL_OUTPUTS):
+        return base / math.sqrt(2 * layers)
+    return base
 
 
 def random_stream_tensors(config: Mapping[str, Any], seed: int = 0) -> Iterator[tuple[str, torch.Tensor]]:

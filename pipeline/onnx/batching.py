@@ -79,7 +79,7 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
         job, count = slot.job, slot.count
         mine = len(job.cache)
         input_ids[b, :count] = job.token_ids[job.position: job.position + count]
-        attention_mask[b, past - mine: past + count] = 1
+        attention_mask[b, past - mine: past + new] = 1
         position_ids[b] = np.arange(mine, mine + new)
     feed = {io_names.INPUT_IDS: input_ids, io_names.ATTENTION_MASK: attention_mask,
             io_names.POSITION_IDS: position_ids}
@@ -90,16 +90,13 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
         for i, name in enumerate(names):
             feed[name] = tensors[i][np.newaxis]
         return feed
+    kv_heads, _, head_dim = slots[0].job.cache.tensors[0].shape
     for i, name in enumerate(names):
-        stacked = None
+        stacked = np.zeros((batch, kv_heads, past, head_dim), dtype=kv_dtype)
         for b, slot in enumerate(slots):
-            tensors = slot.job.cache.tensors
-            if stacked is None:
-                kv_heads, head_dim = tensors[i].shape[0], tensors[i].shape[2]
-                stacked = np.zeros((batch, kv_heads, past, head_dim), dtype=kv_dtype)
             mine = len(slot.job.cache)
             if mine:
-                stacked[b, :, past - mine:] = tensors[i]
+                stacked[b, :, past - mine:] = slot.job.cache.tensors[i]
         feed[name] = stacked
     return feed
 

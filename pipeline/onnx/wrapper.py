@@ -39,10 +39,10 @@ def _sdpa_gqa_attention(
 
 
 @contextmanager
-def gqa_attention(stream: nn.Module) -> Iterator[None]:
+def gqa_attention(stream: Any) -> Iterator[None]:
     """Run ``stream``'s backbone with the GQA sdpa attention for the duration of the block."""
     AttentionInterface.register(GQA_ATTENTION, _sdpa_gqa_attention)
-    config = stream.model.config
+    config: Any = stream.model.config
     previous = config._attn_implementation
     config._attn_implementation = GQA_ATTENTION
     try:
@@ -57,10 +57,13 @@ class ExportableStream(nn.Module):
     ``past`` is flat: key0, value0, key1, value1, ... each ``[B, kv_heads, P, head_dim]``.
     """
 
+    stream: Any  # Qwen3GuardStream: .model (Qwen3Model) and .heads(hidden)
+
     def __init__(self, stream: nn.Module) -> None:
         super().__init__()
         self.stream = stream
-        self.num_layers = int(stream.model.config.num_hidden_layers)
+        backbone: Any = stream.model
+        self.num_layers = int(backbone.config.num_hidden_layers)
 
     def forward(
         self,
@@ -69,7 +72,7 @@ class ExportableStream(nn.Module):
         position_ids: torch.Tensor,
         *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
-        backbone = self.stream.model
+        backbone: Any = self.stream.model
         cache = DynamicCache(config=backbone.config)
         for layer in range(self.num_layers):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
@@ -85,8 +88,9 @@ class ExportableStream(nn.Module):
         logits = self.stream.heads(out.last_hidden_state)
         presents: list[torch.Tensor] = []
         for layer in range(self.num_layers):
-            presents.append(cache.layers[layer].keys)
-            presents.append(cache.layers[layer].values)
+            filled: Any = cache.layers[layer]
+            presents.append(filled.keys)
+            presents.append(filled.values)
         return (*logits, *presents)
 
 

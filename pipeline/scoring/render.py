@@ -104,7 +104,8 @@ class StreamRenderer:
             else:
                 out.extend(tokens[g.start:g.end])
                 g.start, g.end = g.start + shift, g.end + shift
-                g.content_start, g.content_end = g.content_start + shift, g.content_end + shift
+                if g.content_start >= 0:   # system messages have no content span
+                    g.content_start, g.content_end = g.content_start + shift, g.content_end + shift
         state.token_ids = pack(out)
         state.absorbed = len(out)   # re-rendered history is context: no outputs wanted
 
@@ -121,6 +122,8 @@ class StreamRenderer:
         return notes + self._append_text(state, message, spans, reserve=len(self.end))
 
     def _add_reasoning(self, state: ConversationState, message: OpenMessage, text: str, offset: int) -> list[str]:
+        if not message.in_reasoning or not message.think:
+            return []   # the scorer rejects such deltas before they get here
         if text:
             self._group_of(state, message).has_reasoning = True
         started = message.reasoning.base != -1
@@ -160,7 +163,8 @@ class StreamRenderer:
             notes += self._append_text(state, message, spans, reserve=len(self.end))
         position = len(state.token_ids) // 4
         if message.role == "assistant":
-            self._group_of(state, message).content_end = position
+            group = self._group_of(state, message)
+            group.content_end, group.dropped_newlines = position, message.content.dropped_newlines
         record = self._scoring_of(state, message)
         if record is not None:
             if message.role == "user":

@@ -105,6 +105,7 @@ class Scorer:
         if delta.type == "end" or delta.message_index is None or delta.seq is None:
             return out
         item = HeldDelta(delta, raw, source, now_ms)
+        state.last_source = source
         where = self._position(state, delta.message_index, delta.seq)
         if where == "duplicate":
             return out
@@ -179,6 +180,8 @@ class Scorer:
             if delta.role != state.message_role:
                 problem = (f"role changed inside message {state.message}: seq {delta.seq} says {delta.role!r}, "
                            f"seq 0 said {state.message_role!r}")
+        if problem is None and not _is_utf8(delta.text):
+            problem = f"text of message {state.message} seq {delta.seq} holds unpaired surrogates: send UTF-8 text"
         if problem is None and delta.reasoning:
             if state.message_role != "assistant":
                 problem = f"reasoning text on a {state.message_role} message: only assistant messages think"
@@ -187,8 +190,6 @@ class Scorer:
             elif not state.message_think:
                 problem = (f"reasoning in message {state.message}, which no user message precedes: the Qwen3 "
                            "template drops it, so it cannot be judged")
-        if problem is None and not delta.reasoning:
-            state.saw_content = True
         if delta.final:
             state.message_open = False
         if problem is not None:
@@ -196,6 +197,8 @@ class Scorer:
             item = HeldDelta(msgspec.structs.replace(delta, text="", role=state.message_role,
                                                      reasoning=keep_reasoning), item.raw, item.source,
                              item.received_ms)
+        if not item.delta.reasoning:
+            state.saw_content = True   # what renders as content ends the think block, rejected or not
         out = [self._reject(state, item, problem)] if problem is not None else []
         if state.queued or (delta.seq == 0 and self.renderer.must_wait(state, state.message_role)):
             state.queued.append(item)
@@ -247,10 +250,12 @@ class Scorer:
     # -- model ----------------------------------------------------------------------------------
     def pending(self, state: ConversationState) -> FeedRequest | None:
         """The whole stream and the first position whose outputs are wanted, or None when up to date."""
+        if state.queued and state.absorbed >= len(state.token_ids) // 4:
+            self._render_queued(state)   # cannot stay queued with nothing to absorb; kept for safety
         tokens = unpack(state.token_ids)
         if state.absorbed >= len(tokens):
             return None
-        return FeedRequest(state.key, tokens, state.absorbed)
+        return FeedRequest(state.key, tokens.tolist(), state.absorbed)
 
     def absorb(self, state: ConversationState, outputs: HeadOutputs, now_ms: int) -> list[Verdict]:
         """Outputs for positions ``[absorbed, absorbed + len(outputs))`` -> verdicts, in message order."""
@@ -356,6 +361,14 @@ class Scorer:
             return -1
         end = starts[last + 1] if last + 1 < len(starts) else record.text_len
         return last if end <= covered_end else last - 1
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _role(role: str) -> Role:

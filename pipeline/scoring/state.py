@@ -129,6 +129,7 @@ class ConversationState(msgspec.Struct):
     next_seq: int = 0
     saw_content: bool = False
     held: list[HeldDelta] = msgspec.field(default_factory=list)
+    last_source: SourceRef | None = None  # the input record of the last delta applied (for operators, replay)
     queued: list[HeldDelta] = msgspec.field(default_factory=list)   # in order, waiting for a re-render
     notes: list[Rejection] = msgspec.field(default_factory=list)    # found while rendering queued deltas
     # rendering and scoring

@@ -28,8 +28,12 @@ def _proc_start_time(pid: int) -> str | None:
 
 
 def _proc_state(pid: int) -> str | None:
+    return _proc_state_path(Path(f"/proc/{pid}/stat"))
+
+
+def _proc_state_path(stat_file: Path) -> str | None:
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = stat_file.read_text()
     except OSError:
         return None
     return stat[stat.rindex(")") + 2 :].split()[0]
@@ -50,7 +54,15 @@ def pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return _proc_state(pid) not in ("Z", "X")
+    if _proc_state(pid) not in ("Z", "X"):
+        return True
+    # A zombie leader may still have running threads: a JVM's main thread exits first and its
+    # shutdown hooks go on in other threads, with the ports still bound. Alive until all are gone.
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return False
+    return any(_proc_state_path(Path(f"/proc/{pid}/task/{tid}/stat")) not in (None, "Z", "X") for tid in tasks)
 
 
 @dataclass(frozen=True)

@@ -9,15 +9,22 @@ and recovers by replay instead of silently overwriting newer state or building o
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import redis
+from redis import exceptions as redis_errors
 
 from pipeline.state.keys import watermark_key
 
 NO_WATERMARK = -1
+# Redis restarting (or loading its AOF) is an outage to wait out, not a reason to crash a worker.
+_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError)
+T = TypeVar("T")
+log = logging.getLogger("guardstream.state")
 
 # KEYS[1] = watermark key; ARGV = expected, new, ttl_s, n_sets, (key, value) * n_sets, deleted keys...
 # Returns the stored watermark when it is not the expected one (nothing written), else -2.
@@ -75,46 +82,68 @@ class StateStore:
         group: str,
         ttl_s: int,
         observe_latency: Callable[[str, float], None] | None = None,
+        outage_limit_s: float = 300.0,
     ) -> None:
         self._redis = client
         self._group = group
         self._ttl_s = max(1, int(ttl_s))
         self._script = client.register_script(_FENCED_WRITE)
         self._observe = observe_latency or (lambda op, seconds: None)
+        self._outage_limit_s = outage_limit_s
+
+    def _retrying(self, op: str, call: Callable[[], T]) -> T:
+        """Run ``call``, retrying while Redis is unreachable, up to the outage limit."""
+        deadline = time.monotonic() + self._outage_limit_s
+        delay = 0.05
+        while True:
+            started = time.perf_counter()
+            try:
+                result = call()
+            except _TRANSIENT as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("redis unavailable; retrying", extra={"op": op, "error": str(exc)})
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._observe(op, time.perf_counter() - started)
+            return result
 
     def load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """States of the given conversations; absent (new, ended or expired) ones are left out."""
         if not keys:
             return {}
-        started = time.perf_counter()
-        values = self._redis.mget(list(keys))
-        self._observe("mget", time.perf_counter() - started)
-        return {k: v if isinstance(v, bytes) else v.encode() for k, v in zip(keys, values, strict=True) if v is not None}
+        values = self._retrying("mget", lambda: self._redis.mget(list(keys)))
+        pairs = zip(keys, values, strict=True)
+        return {k: v if isinstance(v, bytes) else v.encode() for k, v in pairs if v is not None}
 
     def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         """Stored watermark per partition; NO_WATERMARK where none was ever written (or it was lost)."""
         parts = list(partitions)
         if not parts:
             return {}
-        started = time.perf_counter()
-        values = self._redis.mget([watermark_key(self._group, topic, p) for p in parts])
-        self._observe("mget", time.perf_counter() - started)
+        wm_keys = [watermark_key(self._group, topic, p) for p in parts]
+        values = self._retrying("mget", lambda: self._redis.mget(wm_keys))
         return {p: NO_WATERMARK if v is None else int(v) for p, v in zip(parts, values, strict=True)}
 
     def write(self, writes: Sequence[PartitionWrite]) -> list[WriteConflict]:
         """Apply each partition's changes atomically (one round trip for all); report conflicts."""
         if not writes:
             return []
-        started = time.perf_counter()
-        pipe = self._redis.pipeline(transaction=False)
-        for w in writes:
-            args: list[str | bytes | int] = [w.expected_watermark, w.new_watermark, self._ttl_s, len(w.states)]
-            for key, value in w.states.items():
-                args.extend((key, value))
-            args.extend(sorted(w.deleted - w.states.keys()))
-            self._script(keys=[watermark_key(self._group, w.topic, w.partition)], args=args, client=pipe)
-        results = pipe.execute()
-        self._observe("write", time.perf_counter() - started)
+
+        def write_all() -> list[int]:
+            # Safe to repeat after a lost connection: each call is fenced by the expected watermark,
+            # so a write that did land reports a conflict that recovery resolves, never a double apply.
+            pipe = self._redis.pipeline(transaction=False)
+            for w in writes:
+                args: list[str | bytes | int] = [w.expected_watermark, w.new_watermark, self._ttl_s, len(w.states)]
+                for key, value in w.states.items():
+                    args.extend((key, value))
+                args.extend(sorted(w.deleted - w.states.keys()))
+                self._script(keys=[watermark_key(self._group, w.topic, w.partition)], args=args, client=pipe)
+            return list(pipe.execute())
+
+        results = self._retrying("write", write_all)
         return [
             WriteConflict(w.topic, w.partition, w.expected_watermark, int(r))
             for w, r in zip(writes, results, strict=True)

@@ -18,8 +18,11 @@ the unstable tail. A cut at character ``q`` of the held text is stable when:
    belonging to every class, which only delays emission.
 
 Emitted tokens are therefore never retracted. Each feed costs O(held text + delta): the held tail is
-usually a word or so; a very long unbroken letter run (e.g. CJK without punctuation) is one
-pre-token and is held, exactly as it must be, until it ends or ``finish``.
+usually a word or so. A very long unbroken run (e.g. CJK without punctuation) is one pre-token and
+cannot be cut exactly before it ends; to keep the cost per delta bounded (and the worker safe from
+text built to make it quadratic), once more than ``max_held_chars`` are held the run is cut at a
+token boundary of its current tokenization, half that length before its end. Only such runs (over
+4,096 characters by default) may tokenize differently from the whole text, and only near the cut.
 """
 
 from __future__ import annotations
@@ -110,8 +113,9 @@ def _pieces_final_before(text: str, cut: int) -> bool:
 class IncrementalTokenizer:
     """Stateless engine over :class:`IncrementalState`; one instance serves all conversations."""
 
-    def __init__(self, text: TextTokenizer) -> None:
+    def __init__(self, text: TextTokenizer, max_held_chars: int = 4096) -> None:
         self.text = text
+        self.max_held_chars = max_held_chars
         self._added = text.matched_added_tokens
         self._added_first = frozenset(t[0] for t in self._added)
         self._pre = text.template.pre_tokenizer
@@ -120,21 +124,34 @@ class IncrementalTokenizer:
         """Append ``delta``; return the newly stable tokens with spans in the whole text."""
         state.pending += delta
         cut = self._stable_cut(state.pending)
+        if len(state.pending) - cut > self.max_held_chars:
+            cut = self._forced_cut(state.pending, cut)
         return self._emit(state, cut)
 
     def finish(self, state: IncrementalState) -> TokenSpans:
         """The text is complete: emit everything still held."""
         return self._emit(state, len(state.pending))
 
+    def _forced_cut(self, raw: str, cut: int) -> int:
+        """A token start about half ``max_held_chars`` before the end (see the module docstring)."""
+        target = len(raw) - self.max_held_chars // 2
+        for start, _ in reversed(self.text.encode_text_spans(raw).spans):
+            if cut < start <= target and is_stable_starter(raw[start]):
+                return start
+        return cut
+
     def _emit(self, state: IncrementalState, cut: int) -> TokenSpans:
         if cut <= 0:
             return TokenSpans([], [])
-        encoded = self.text.encode_text_spans(state.pending[:cut])
+        # Encode with the text that follows the cut: tokenizing the prefix alone would let the regex see
+        # end-of-text at the cut (``\s+(?!\S)`` keeps "  " whole there but splits it before "4").
+        encoded = self.text.encode_text_spans(state.pending)
+        count = sum(1 for start, _ in encoded.spans if start < cut) if cut < len(state.pending) else len(encoded.ids)
         base = state.pending_start
-        spans = [(base + a, base + b) for a, b in encoded.spans]
+        spans = [(base + a, base + b) for a, b in encoded.spans[:count]]
         state.pending = state.pending[cut:]
         state.pending_start += cut
-        return TokenSpans(encoded.ids, spans)
+        return TokenSpans(encoded.ids[:count], spans)
 
     def _added_token_layout(self, raw: str) -> tuple[int, int]:
         """(start of the last segment free of added tokens, end of the text safe from added tokens)."""

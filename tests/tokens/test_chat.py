@@ -43,7 +43,7 @@ ORDINARY: list[list[Message]] = [
     [Message("user", "ما هي عاصمة فرنسا؟"), Message("assistant", "عاصمة فرنسا هي باريس.")],
     [Message("user", "Family emoji: 👨‍👩‍👧‍👦, what is it?"), Message("assistant", "👨‍👩‍👧‍👦 is a family.")],
     [Message("user", "What is 12 times 12?"),
-     Message("assistant", "144.", reasoning="12 * 12 = 144, so the answer is 144.")],
+     Message("assistant", "144.", reasoning="12 * 12 = 144, so the answer is one hundred forty four")],
     [Message("system", "Be brief."), Message("assistant", "Hello! How can I help?"), Message("user", "Hi")],
     [Message("user", "Two answers please"), Message("assistant", "First."), Message("assistant", "Second.")],
 ]
@@ -91,7 +91,8 @@ def test_reasoning_is_scored_inside_the_think_block_before_the_content(text_toke
     assert scored == reasoning + content
     first = rendered.scored_positions[0]
     assert rendered.token_ids[first - 2:first] == [THINK, 198]
-    gap = rendered.token_ids[rendered.scored_positions[len(reasoning) - 1] + 1: rendered.scored_positions[len(reasoning)]]
+    last_reasoning, first_content = rendered.scored_positions[len(reasoning) - 1: len(reasoning) + 1]
+    gap = rendered.token_ids[last_reasoning + 1: first_content]
     assert gap == text_tokenizer.encode_template("\n</think>\n\n")
 
 
@@ -135,6 +136,18 @@ def test_content_after_the_think_block_loses_leading_newlines_as_in_the_template
     # In history the content keeps its newlines, tokenized on its own (the documented piece-boundary difference).
     start = history.index(IM_START, history.index(IM_START) + 1)
     assert history[start + 3: start + 3 + 2] == text_tokenizer.encode_text("\n\nHello")[:2]
+
+
+def test_reasoning_ending_in_punctuation_is_tokenized_apart_from_the_template_newline(
+    text_tokenizer: TextTokenizer,
+) -> None:
+    # Whole-string tokenization merges "." with the template's "\n" before </think>; pieces keep them apart.
+    conversation = [Message("user", "Hi"), Message("assistant", "Yes.", reasoning="Easy.")]
+    rendered = render_context(text_tokenizer, conversation, 1)
+    scored = [rendered.token_ids[p] for p in rendered.scored_positions]
+    assert scored == text_tokenizer.encode_text("Easy.") + text_tokenizer.encode_text("Yes.")
+    assert rendered.token_ids != official_ids(text_tokenizer, conversation, 1)
+    assert text_tokenizer.decode(rendered.token_ids) == official_render(conversation)
 
 
 def test_index_outside_the_conversation_is_an_error(text_tokenizer: TextTokenizer) -> None:

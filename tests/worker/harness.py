@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.config import Settings, env_var
 from pipeline.kafka.clients import consumer_config
@@ -26,8 +26,11 @@ TEST_KAFKA_EXTRA = "session.timeout.ms=6000,heartbeat.interval.ms=500"
 
 
 def worker_settings(settings: Settings, model: str | Path, **changes: object) -> Settings:
-    return settings.replace(model=str(model), kafka_extra=TEST_KAFKA_EXTRA, max_batch_wait_ms=20,
-                            progress_every_tokens=8, **changes)
+    """What test workers run with: fast failure detection, frequent progress verdicts."""
+    values: dict[str, object] = {"kafka_extra": TEST_KAFKA_EXTRA, "max_batch_wait_ms": 20,
+                                 "progress_every_tokens": 8}
+    values.update(changes)
+    return settings.replace(model=str(model), **values)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -113,7 +116,15 @@ def input_lag(settings: Settings) -> int:
     try:
         meta = consumer.list_topics(settings.topic_in, timeout=10)
         tps = [TopicPartition(settings.topic_in, p) for p in sorted(meta.topics[settings.topic_in].partitions)]
-        committed = consumer.committed(tps, timeout=10)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                # Blocks while a killed worker's transaction is still open (KIP-447 stable offsets).
+                committed = consumer.committed(tps, timeout=15)
+                break
+            except KafkaException:
+                if time.monotonic() > deadline:
+                    raise
         lag = 0
         for tp in committed:
             low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
@@ -160,3 +171,40 @@ def dedup(found: Iterable[Verdict]) -> dict[str, tuple[object, ...]]:
             assert by_id[v.verdict_id] == content, f"verdict {v.verdict_id} was published with two contents"
         by_id[v.verdict_id] = content
     return by_id
+
+
+def assert_same_verdicts(found: dict[str, tuple[object, ...]], expected: dict[str, tuple[object, ...]]) -> None:
+    """Equal sets, with a readable account of what differs.
+
+    ``scores`` are compared to 1e-3: they are softmax values rounded to 4 decimals, and batches of
+    different shapes (another run's timing) move logits by ~1e-7, which can flip the last digit.
+    Everything else (ids, risks, categories, positions, actions) must be identical.
+    """
+    fields = [f for f in Verdict.__struct_fields__ if f not in ("ts_ms", "latency_ms")]
+    missing = sorted(set(expected) - set(found))
+    extra = sorted(set(found) - set(expected))
+    differing = {}
+    for k in set(found) & set(expected):
+        diff = {f: (a, b) for f, a, b in zip(fields, found[k], expected[k], strict=True)
+                if not (a == b or (f == "scores" and _close_scores(a, b)))}
+        if diff:
+            differing[k] = diff
+    assert not (missing or extra or differing), (
+        f"missing {missing}\nextra {extra}\ndiffering (got, expected) {differing}")
+
+
+def _close_scores(a: object, b: object, tolerance: float = 1e-3) -> bool:
+    if not (isinstance(a, dict) and isinstance(b, dict)) or a.keys() != b.keys():
+        return False
+    return all(abs(float(a[k]) - float(b[k])) <= tolerance for k in a)
+
+
+def duplicates(found: Iterable[Verdict]) -> list[str]:
+    """verdict_ids published more than once (read-committed, exactly-once output expects none)."""
+    seen: set[str] = set()
+    dup = []
+    for v in found:
+        if v.verdict_id in seen:
+            dup.append(v.verdict_id)
+        seen.add(v.verdict_id)
+    return dup

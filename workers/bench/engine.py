@@ -166,7 +166,8 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     left.legend()
     for kind, label in (("batches", "batch size (1 token each)"), ("chunks", "chunk size (batch 1)")):
         right.plot([p["size"] for p in results[kind]], [p["tokens_per_s"] for p in results[kind]], "o-", label=label)
-    right.set(xscale="log", xlabel="size", ylabel="tokens/s", title=f"Throughput at context {report['plan']['batch_context']}")
+    right.set(xscale="log", xlabel="size", ylabel="tokens/s",
+              title=f"Throughput at context {report['plan']['batch_context']}")
     right.legend()
     fig.suptitle(f"{report['model']['name']} {report['model']['precision']} - {report['machine']}", fontsize=8)
     fig.tight_layout()

@@ -31,7 +31,7 @@ class BenchPlan:
 
     @classmethod
     def full(cls) -> BenchPlan:
-        return cls(contexts=(256, 512, 1024, 2048, 4096, 8192), baseline_contexts=(256, 512, 1024, 2048),
+        return cls(contexts=(256, 512, 1024, 2048, 4096, 8000), baseline_contexts=(256, 1024, 2048),
                    batch_sizes=(1, 2, 4, 8, 16, 32), chunk_sizes=(1, 4, 16, 64), batch_context=256, repeats=3)
 
     @classmethod
@@ -70,9 +70,9 @@ class BenchResult:
 Progress = Callable[[str], None]
 
 
-def _timed(call: Callable[[], object]) -> float:
+def _timed_run(engine: OnnxStreamEngine, requests: list[FeedRequest]) -> float:
     began = time.perf_counter()
-    call()
+    engine.run(requests)
     return time.perf_counter() - began
 
 
@@ -113,10 +113,13 @@ class EngineBench:
         engine.evict(key)
         return points
 
+    def _timed_run(self, requests: list[FeedRequest]) -> float:
+        return _timed_run(self.engine, requests)
+
     def _step(self, key: str, context: int, new: int) -> float:
         """Time feeding ``new`` tokens on top of exactly ``context`` cached ones (cropped back after)."""
         ids = self.ids[: context + new]
-        seconds = _timed(lambda: self.engine.run([FeedRequest(key, ids, context)]))
+        seconds = _timed_run(self.engine, [FeedRequest(key, ids, context)])
         # Crop back so every repeat reads the same context.
         self.engine.run([FeedRequest(key, ids[:context], context)])
         return seconds
@@ -128,9 +131,10 @@ class EngineBench:
             self.say(f"baseline {context}: full re-run")
             uncached = OnnxStreamEngine(self.engine.session, self.engine.info, max_batch_tokens=context + 1,
                                         max_batch_context=context + 1)
+            request = FeedRequest("baseline", self.ids[: context + 1], context)
             runs = []
             for _ in range(max(1, self.plan.repeats - 1)):
-                runs.append(_timed(lambda: uncached.run([FeedRequest("baseline", self.ids[: context + 1], context)])))
+                runs.append(_timed_run(uncached, [request]))
                 uncached.evict("baseline")
             point = by_context.get(context)
             if point is None:
@@ -157,7 +161,7 @@ class EngineBench:
             self.engine.run([FeedRequest(k, self.ids[: context + 1], context) for k in keys])  # untimed warm-up
             for r in range(1, self.plan.repeats + 1):
                 requests = [FeedRequest(k, self.ids[: context + r + 1], context + r) for k in keys]
-                calls.append(_timed(lambda requests=requests: self.engine.run(requests)))
+                calls.append(self._timed_run(requests))
             for key in keys:
                 self.engine.evict(key)
             seconds = _median(calls)

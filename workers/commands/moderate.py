@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.advance(task)
         else:
             from pipeline.onnx.engine import open_stream_engine
-            from pipeline.replay import Replayer
+            from pipeline.replay import Replayer, offline_finals
 
             engine = open_stream_engine(str(folder), settings)
             replayer = Replayer.from_dir(
@@ -95,7 +95,10 @@ def run(args: argparse.Namespace) -> int:
                 max_context_tokens=settings.max_context_tokens,
             )
             for conversation in conversations:
-                verdicts += replayer.final_verdicts(conversation, chunk_chars=args.chunk_chars, now_ms=args.clock_ms)
+                result = replayer.replay(conversation, chunk_chars=args.chunk_chars, now_ms=args.clock_ms)
+                verdicts += offline_finals(result.verdicts)
+                for rejection in result.rejections:
+                    console.print(f"warning: conversation {conversation.conversation_id}: {rejection.reason}")
                 bar.advance(task)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_bytes(b"".join(encode(v) + b"\n" for v in verdicts))

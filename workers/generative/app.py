@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import signal
 import time
 from collections import defaultdict
@@ -141,11 +142,11 @@ class ConversationRuler:
             self.metrics.inflight.inc()
             future = asyncio.ensure_future(self._rule_and_emit(event, key, delta, draft, index, request))
             self._inflight[(key, index)] = future
-            future.add_done_callback(lambda _f, k=key, i=index: self._on_ruling_done(k, i))
+            future.add_done_callback(functools.partial(self._on_ruling_done, key, index))
             scheduled.append(future)
         return scheduled
 
-    def _on_ruling_done(self, key: bytes, index: int) -> None:
+    def _on_ruling_done(self, key: bytes, index: int, _future: asyncio.Future[None]) -> None:
         self._inflight.pop((key, index), None)
         self._capacity.release()
         self.metrics.inflight.dec()
@@ -297,8 +298,8 @@ def build_app(settings: Settings, partitions: int) -> tuple[Any, Any, Any, Any, 
     )
     in_topic = app.topic(settings.topic_in, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
-    table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=bytes, value_type=bytes,
-                      key_serializer="raw", value_serializer="raw")
+    # bytes key and value types make faust use the raw codec for the changelog.
+    table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=bytes, value_type=bytes)
     verdicts = app.topic(settings.topic_verdicts, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")

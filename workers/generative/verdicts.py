@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pipeline.gen.moderator import GenRuling
 from pipeline.policy import PolicyBook
 from schemas.messages import Verdict
 
-SOURCE = "generative"
+SOURCE: Literal["generative"] = "generative"
 SCORE_DECIMALS = 3
 
 

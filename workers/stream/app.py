@@ -83,6 +83,7 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         from pipeline.ops.server import OpsServer
 
         ops = OpsServer(settings.metrics_port, metrics.registry).start()
+        log.info("ops server listening", extra={"port": ops.port})
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())

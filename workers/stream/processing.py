@@ -12,9 +12,8 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
-
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
 from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta
@@ -166,8 +165,14 @@ class BatchProcessor:
         try:
             for rec, delta in conv.deltas:
                 if delta.type == "end":
+                    # Scored to the end first (the batch may hold its last chunks), then deleted.
+                    # Deltas after an end in one batch would reopen the id: not supported, dropped with it.
                     conv.ended = True
                     conv.changed = True
+                    continue
+                if conv.ended:
+                    out.dlq.append(self._dlq("delta after the conversation's end in the same batch", rec, now_ms,
+                                             delta.conversation_id))
                     continue
                 source = SourceRef(rec.topic, rec.partition, rec.offset)
                 rejections = self.scorer.apply(state, delta, rec.value or b"", source, now_ms)
@@ -186,7 +191,7 @@ class BatchProcessor:
         for _ in range(_MAX_ROUNDS):
             ready: list[tuple[_Conversation, FeedRequest]] = []
             for conv in convs:
-                if conv.failed or conv.ended or conv.state is None:
+                if conv.failed or conv.state is None:
                     continue
                 try:
                     request = self.scorer.pending(conv.state)
@@ -209,7 +214,7 @@ class BatchProcessor:
                     self._fail(conv, f"internal error while scoring: {exc!r}", out, now_ms)
             out.conversations_scored += len(ready)
         for conv in convs:
-            if not conv.failed and not conv.ended and conv.state is not None and self.scorer.pending(conv.state):
+            if not conv.failed and conv.state is not None and self.scorer.pending(conv.state):
                 self._fail(conv, "internal error: scorer kept asking for more tokens", out, now_ms)
 
     def _run(

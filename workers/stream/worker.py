@@ -30,6 +30,9 @@ from workers.stream.recovery import recover_partition
 log = logging.getLogger("guardstream.stream")
 
 _TXN_TIMEOUT_S = 30.0
+# A crashed worker's open transaction blocks reads of the group's committed offsets (KIP-447: they
+# are "unstable") until the broker aborts it at this timeout; keep it short, batches commit in far less.
+_TXN_ABORT_AFTER_MS = 10_000
 _MAX_TRACKED_PER_PARTITION = 100_000
 
 
@@ -99,7 +102,7 @@ class StreamWorker:
     def run(self, stop: threading.Event) -> None:
         s = self.settings
         self._producer = make_producer(s, transactional_id=self.name, **{
-            "transaction.timeout.ms": int(_TXN_TIMEOUT_S * 1000),
+            "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
         })
         self._producer.init_transactions(_TXN_TIMEOUT_S)
         consumer_overrides: dict[str, Any] = {
@@ -178,18 +181,19 @@ class StreamWorker:
             for rec in outcome.dlq:
                 _produce(producer, s.topic_dlq, rec.conversation_id, encode(rec))
             if offsets:
-                producer.send_offsets_to_transaction(
-                    [TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                    consumer.consumer_group_metadata(), _TXN_TIMEOUT_S,
-                )
-            producer.commit_transaction(_TXN_TIMEOUT_S)
+                tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+                _retrying(lambda: producer.send_offsets_to_transaction(
+                    tps, consumer.consumer_group_metadata(), _TXN_TIMEOUT_S))
+            _retrying(lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
             return True
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError) and error.txn_requires_abort():
+                # E.g. a rebalance bumped the group generation (KIP-447 fencing) or the broker
+                # restarted mid-transaction: nothing of this batch is visible; judge it again.
                 log.warning("transaction aborted; re-reading the batch", extra={"error": str(error)})
                 self.metrics.transactions_aborted.inc()
-                producer.abort_transaction(_TXN_TIMEOUT_S)
+                _retrying(lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
                 self._rewind(records)
                 return False
             raise  # fenced or fatal: exit, let the supervisor restart us (recovery makes that safe)
@@ -262,7 +266,7 @@ class StreamWorker:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
             return
-        committed = consumer.committed(partitions, timeout=_TXN_TIMEOUT_S)
+        committed = _committed(consumer, partitions)
         for tp in committed:
             pid = (tp.topic, tp.partition)
             self._own.watermarks[pid] = NO_WATERMARK
@@ -309,6 +313,33 @@ def _next_offsets(records: Sequence[InputRecord]) -> dict[PartitionId, int]:
         pid = (rec.topic, rec.partition)
         offsets[pid] = max(offsets.get(pid, 0), rec.offset + 1)
     return offsets
+
+
+def _committed(consumer: Consumer, partitions: list[TopicPartition], limit_s: float = 120.0) -> list[TopicPartition]:
+    """The group's committed offsets, waiting out a dead worker's pending transaction (see above)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            return list(consumer.committed(partitions, timeout=15))
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("committed offsets not readable yet; retrying", extra={"error": str(exc)})
+
+
+def _retrying(call: Callable[[], object], limit_s: float = 300.0) -> None:
+    """Repeat a transactional call while librdkafka says the error is retriable (e.g. broker restart)."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            call()
+            return
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            if not (isinstance(error, KafkaError) and error.retriable()) or time.monotonic() > deadline:
+                raise
+            log.warning("kafka call failed, retrying", extra={"error": str(error)})
+            time.sleep(0.5)
 
 
 def _produce(producer: Producer, topic: str, key: str | None, value: bytes) -> None:

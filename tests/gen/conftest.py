@@ -1,0 +1,26 @@
+"""Gen fixtures: a random tiny Gen checkpoint (session), its loaded model and a moderator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.gen.checkpoint import GenModel, init_random_gen, load_gen_model
+from pipeline.gen.moderator import GenModerator
+
+
+@pytest.fixture(scope="session")
+def gen_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return init_random_gen(tmp_path_factory.mktemp("gen") / "gen-tiny", size="tiny", seed=0)
+
+
+@pytest.fixture(scope="session")
+def gen_model(gen_checkpoint: Path) -> GenModel:
+    return load_gen_model(str(gen_checkpoint), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def gen_moderator(gen_model: GenModel) -> Iterator[GenModerator]:
+    yield GenModerator(gen_model, context_tokens=8192)

@@ -1,0 +1,81 @@
+"""No verdict lost, none contradictory: crashes (SIGKILL) and lost Redis state versus a fault-free run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from pipeline.config import Settings
+from pipeline.conversations import Conversation
+from tests.fixtures.stack import produce_deltas
+from tests.worker.conftest import chunked_deltas, expected_verdicts, renamed
+from tests.worker.harness import (
+    assert_same_verdicts,
+    dedup,
+    duplicates,
+    input_lag,
+    verdicts,
+    wait_caught_up,
+    wait_until,
+)
+
+# Small batches: many transactions, so a kill lands between them (and inside one) mid-stream.
+SLOW = {"max_batch_tokens": 6}
+
+
+def kill_mid_stream(settings: Settings, worker: Any, total: int) -> None:
+    """SIGKILL once the worker has committed some input but not all of it."""
+    wait_until(lambda: input_lag(settings) < total * 0.8, 180, "some input to be committed", worker)
+    worker.kill()
+    assert input_lag(settings) > 0, "the worker finished before it could be killed; make the input longer"
+
+
+def test_sigkill_mid_stream_then_restart_gives_the_fault_free_verdicts(
+    settings: Settings, start_worker: Any, tiny_onnx_dir: Path, sample_conversations: list[Conversation]
+) -> None:
+    settings = settings.replace(**SLOW)
+    deltas = chunked_deltas(renamed(sample_conversations, copies=3), seed=11)
+    expected = dedup(expected_verdicts(settings, tiny_onnx_dir, deltas))
+    half = len(deltas) // 2
+    produce_deltas(settings, deltas[:half])
+    kill_mid_stream(settings, start_worker(settings, **SLOW), half)
+    produce_deltas(settings, deltas[half:])
+    kill_mid_stream(settings, start_worker(settings, **SLOW), input_lag(settings))
+    last = start_worker(settings, **SLOW)
+    wait_caught_up(settings, workers=[last])
+    assert last.stop() == 0
+
+    found = verdicts(settings)
+    assert_same_verdicts(dedup(found), expected)  # dedup itself fails on two contents under one id
+    assert duplicates(found) == []  # transactions: a crashed batch's verdicts are never visible
+    assert last.logged("replaying partition to rebuild state") + last.logged("partitions assigned") > 0
+
+
+def test_lost_redis_state_is_rebuilt_from_the_log(
+    settings: Settings, start_worker: Any, tiny_onnx_dir: Path, sample_conversations: list[Conversation],
+    redis_client: redis.Redis,
+) -> None:
+    conversations = renamed(sample_conversations, copies=2)
+    deltas = chunked_deltas(conversations, seed=5)
+    expected = dedup(expected_verdicts(settings, tiny_onnx_dir, deltas))
+    half = len(deltas) // 2
+    produce_deltas(settings, deltas[:half])
+    first = start_worker(settings)
+    wait_caught_up(settings, workers=[first])
+    assert first.stop() == 0
+    # Redis forgets everything this group wrote (a restart without persistence, a failover to a
+    # stale replica): states and watermarks. Kafka still has the committed offsets and the log.
+    lost = [k for k in redis_client.scan_iter(match=f"gs:wm:{settings.stream_group}:*")]
+    prefix = conversations[0].conversation_id.split("-")[0]
+    lost += [k for k in redis_client.scan_iter(match=f"gs:*:{prefix}-*")]
+    assert lost, "the first worker should have written state"
+    redis_client.delete(*lost)
+
+    produce_deltas(settings, deltas[half:])
+    second = start_worker(settings)
+    wait_caught_up(settings, workers=[second])
+    assert second.stop() == 0
+    assert second.logged("replaying partition to rebuild state") > 0
+    assert_same_verdicts(dedup(verdicts(settings)), expected)
