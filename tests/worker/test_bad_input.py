@@ -53,7 +53,8 @@ def test_every_bad_input_class_goes_to_the_dlq_and_the_next_good_input_is_judged
         (delta(gap, 0, 0, "Hello"), ""),                           # fine; seq 1 never comes
         (delta(gap, 0, 2, " there", final=True), "gap"),           # held, then reported
         (delta(unknown, 1, 0, "Where am I?", final=True), "gap"),  # a conversation never begun
-        (delta(long_, 0, 0, "word " * 150, final=True), "context"),
+        *[(delta(long_, 0, seq, "word " * 30), "") for seq in range(4)],
+        (delta(long_, 0, 4, "word " * 30, final=True), "model context"),  # 150 words > 96 tokens
     ]
     produce(settings, settings.topic_in, [(cid, value) for value, _ in bad])  # type: ignore[misc]
     produce_deltas(settings, chunked_deltas([good], seed=3))
