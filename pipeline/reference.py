@@ -11,15 +11,15 @@ Verdicts carry what describes the message, not a delivery: ``char_offset`` of th
 the message text (reasoning then content, as the stream scorer counts it), no ``seq`` and no
 ``cleared_through_seq`` (an offline message has no chunks).
 
-Context limit (``max_context_tokens``), the stream scorer's policy for the common case: a message
-whose context does not fit has its text cut (template pieces are kept, so a user message is still
-judged at its ``<|im_end|>``); a message whose template alone does not fit, and every message after
-a cut one, is not judged (no verdict).
+Context limit (``max_context_tokens``), the stream scorer's policy (pipeline.scoring.render): a
+message whose context does not fit has its text cut (template pieces are kept, so a user message is
+still judged at its ``<|im_end|>``) and stays cut in later contexts; a message whose template alone
+does not fit is not judged (no verdict), nor is any later message.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,69 +124,105 @@ def scored_char_spans(text: TextTokenizer, messages: Sequence[Message], index: i
     return spans + [(base + a, base + b) for a, b in text.encode_text_spans(content).spans]
 
 
-def fit_context(text: TextTokenizer, messages: Sequence[Message], index: int,
-                max_context_tokens: int) -> RenderedContext | None:
-    """Message ``index``'s context within ``max_context_tokens`` tokens (text cut if needed), or None
-    when not even its template fits. ``cut`` messages are recognisable by fewer scored positions."""
-    full = render_context(text, messages, index)
-    if len(full.token_ids) <= max_context_tokens:
-        return full
+@dataclass(frozen=True)
+class CutMessage:
+    """What remains of a message the context limit cut short (the stream scorer keeps exactly this)."""
+
+    content: list[int]       # content tokens that fit
+    reasoning: list[int]     # reasoning tokens that fit
+    dropped_newlines: int    # leading content newlines the think block stripped before content was cut
+
+
+def _history_ids(text: TextTokenizer, roles: Sequence[str], messages: Sequence[Message], index: int,
+                 cuts: Mapping[int, CutMessage]) -> list[int]:
+    """Message ``index`` as earlier history in the context ``roles``; a cut message keeps its cut tokens."""
+    message = messages[index]
+    cut = cuts.get(index)
+    if cut is None:
+        return message_ids(text, roles, message, index).ids
+    think = message.role == "assistant" and renders_think_block(roles, index, bool(message.reasoning))
+    content = cut.content
+    if not think and cut.dropped_newlines:
+        # The think block left with the re-render and the stripped newlines come back: the scorer
+        # re-tokenizes them with the kept text, so the reference does too.
+        content = text.encode_text("\n" * cut.dropped_newlines + text.decode(content))
+    return assemble_message(text, message.role, content, think=think, reasoning_ids=cut.reasoning if think else []).ids
+
+
+def fit_context(text: TextTokenizer, messages: Sequence[Message], index: int, max_context_tokens: int,
+                cuts: Mapping[int, CutMessage] | None = None) -> tuple[RenderedContext, CutMessage | None] | None:
+    """Message ``index``'s context within ``max_context_tokens`` tokens, earlier cut messages as cut.
+
+    Returns the context and, when message ``index`` itself had to be cut, what remains of it; None
+    when not even its template fits (then neither it nor any later message is judged). Cutting
+    keeps the template pieces: a cut user message is still judged at its ``<|im_end|>``.
+    """
     roles = [m.role for m in messages[: index + 1]]
+    prefix = [t for j in range(index) for t in _history_ids(text, roles, messages, j, cuts or {})]
     message = messages[index]
     rendered = message_ids(text, roles, message, index)
-    prefix = full.token_ids[: len(full.token_ids) - len(rendered.ids)]
+    if len(prefix) + len(rendered.ids) <= max_context_tokens:
+        return RenderedContext(prefix + rendered.ids, [len(prefix) + o for o in rendered.scored]), None
     think = message.role == "assistant" and renders_think_block(roles, index, bool(message.reasoning))
-    content = text.encode_text(message.content.lstrip("\n") if think else message.content)
+    stripped = message.content.lstrip("\n") if think else message.content
+    content = text.encode_text(stripped)
     reasoning = text.encode_text((message.reasoning or "").strip("\n")) if think else []
     template = assemble_message(text, message.role, [], think=think)   # header, empty think, end
     if len(prefix) + len(template.ids) > max_context_tokens:
         return None
+    content_reached = True
     if reasoning:
         with_reasoning = assemble_message(text, message.role, [], think=True, reasoning_ids=reasoning[:1])
-        if len(prefix) + len(with_reasoning.ids) > max_context_tokens:
-            reasoning = []   # no room for a think block with text: the empty block, and nothing judged
-            content = []
+        room = max_context_tokens - len(prefix) - (len(with_reasoning.ids) - 1)
+        if room < 1:
+            reasoning, content, content_reached = [], [], False   # an empty think block, nothing judged
+        elif room < len(reasoning):
+            reasoning, content, content_reached = reasoning[:room], [], False
         else:
-            room = max_context_tokens - len(prefix) - (len(with_reasoning.ids) - 1)
-            if room < len(reasoning):
-                reasoning, content = reasoning[:room], []
-            else:
-                content = content[: room - len(reasoning)]
+            content = content[: room - len(reasoning)]
     else:
         content = content[: max_context_tokens - len(prefix) - len(template.ids)]
     cut = assemble_message(text, message.role, content, think=think, reasoning_ids=reasoning)
-    return RenderedContext(prefix + cut.ids, [len(prefix) + offset for offset in cut.scored])
+    dropped = len(message.content) - len(stripped) if content_reached else 0
+    context = RenderedContext(prefix + cut.ids, [len(prefix) + offset for offset in cut.scored])
+    return context, CutMessage(list(content), list(reasoning), dropped)
+
+
+def judge_context(model: Qwen3GuardStream, context: RenderedContext, message: Message, index: int,
+                  labels: LabelMaps) -> MessageJudgement:
+    """Run the model once over ``context`` and decide message ``index`` from its scored positions."""
+    scored = _rows(reference_logits(model, context.token_ids), context.scored_positions)
+    return MessageJudgement(index, message.role, context, scored, decide(message.role, scored, labels))
 
 
 def judge_message(model: Qwen3GuardStream, text: TextTokenizer, messages: Sequence[Message], index: int,
-                  labels: LabelMaps, max_context_tokens: int | None = None) -> MessageJudgement | None:
-    """Render message ``index`` in its context, run the model once, decide (None: it does not fit)."""
-    context = (render_context(text, messages, index) if max_context_tokens is None
-               else fit_context(text, messages, index, max_context_tokens))
-    if context is None:
-        return None
-    scored = _rows(reference_logits(model, context.token_ids), context.scored_positions)
-    role = messages[index].role
-    return MessageJudgement(index, role, context, scored, decide(role, scored, labels))
+                  labels: LabelMaps) -> MessageJudgement:
+    """Render message ``index`` in its whole context, run the model once, decide."""
+    return judge_context(model, render_context(text, messages, index), messages[index], index, labels)
 
 
 def judge_conversation(model: Qwen3GuardStream, text: TextTokenizer, conversation: Conversation,
                        labels: LabelMaps, max_context_tokens: int | None = None) -> list[MessageJudgement]:
     """Judgements of the user and assistant messages, in order (system messages are context only).
 
-    With ``max_context_tokens``, judging stops at the first message that does not fit whole.
+    With ``max_context_tokens``: messages are cut to fit as the stream scorer cuts them, and judging
+    stops at the first message whose template does not fit.
     """
     messages = conversation.messages
     judged: list[MessageJudgement] = []
+    cuts: dict[int, CutMessage] = {}
     for i, message in enumerate(messages):
-        if max_context_tokens is not None:
-            whole = render_context(text, messages, i)
-            if len(whole.token_ids) > max_context_tokens:
-                last = judge_message(model, text, messages, i, labels, max_context_tokens)
-                return judged + ([last] if last is not None and message.role in JUDGED_ROLES else [])
-        judgement = judge_message(model, text, messages, i, labels) if message.role in JUDGED_ROLES else None
-        if judgement is not None:
-            judged.append(judgement)
+        if max_context_tokens is None:
+            context = render_context(text, messages, i)
+        else:
+            fitted = fit_context(text, messages, i, max_context_tokens, cuts)
+            if fitted is None:
+                break
+            context, cut = fitted
+            if cut is not None:
+                cuts[i] = cut
+        if message.role in JUDGED_ROLES:
+            judged.append(judge_context(model, context, message, i, labels))
     return judged
 
 

@@ -22,6 +22,10 @@ if [[ -x "${binary}" && "$(installed_version)" == "${KUSTOMIZE_VERSION}" ]]; the
   exit 0
 fi
 
+# Go's own installer puts it in /usr/local/go/bin, which a non-login shell may lack on PATH.
+if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+  PATH="/usr/local/go/bin:${PATH}"
+fi
 if ! command -v go >/dev/null 2>&1; then
   echo "install-kustomize: 'go' is not on PATH; install Go >= 1.22 (https://go.dev/doc/install) and rerun" >&2
   exit 1

@@ -121,3 +121,10 @@ class Qwen3GuardStream(nn.Module):
             query_category_logits=query_category,
             past_key_values=backbone.past_key_values if use_cache else None,
         )
+
+
+def expected_tensor_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Official tensor name -> shape for ``config``, without allocating any weights."""
+    with torch.device("meta"):
+        model = Qwen3GuardStream(config)
+    return {name: tuple(p.shape) for name, p in model.state_dict().items()}

@@ -79,7 +79,7 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
         job, count = slot.job, slot.count
         mine = len(job.cache)
         input_ids[b, :count] = job.token_ids[job.position: job.position + count]
-        attention_mask[b, past - mine: past + new] = 1
+        attention_mask[b, past - mine: past + count] = 1
         position_ids[b] = np.arange(mine, mine + new)
     feed = {io_names.INPUT_IDS: input_ids, io_names.ATTENTION_MASK: attention_mask,
             io_names.POSITION_IDS: position_ids}

@@ -26,6 +26,7 @@ def test_quick_bench_writes_json_and_plot_with_baseline(
     assert [p["size"] for p in results["chunks"]] == list(plan["chunk_sizes"])
     assert all(p["tokens_per_s"] > 0 for p in results["batches"] + results["chunks"])
     assert "Per-token cost vs context" in capsys.readouterr().out
+    assert "| context |" in (out / "engine.md").read_text()
 
 
 def test_bench_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

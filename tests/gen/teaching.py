@@ -16,7 +16,7 @@ from pipeline.gen.render import ModerationRequest, render_ids
 
 
 def teach_rulings(base: Path, lessons: Sequence[tuple[ModerationRequest, str]], out: Path,
-                  steps: int = 120, seed: int = 0) -> GenModel:
+                  steps: int = 60, seed: int = 0) -> GenModel:
     """Overfit ``base`` so that greedy decoding of each request writes its ruling text then <|im_end|>."""
     torch.manual_seed(seed)
     gen = load_gen_model(str(base), device="cpu", dtype="fp32")
@@ -25,15 +25,19 @@ def teach_rulings(base: Path, lessons: Sequence[tuple[ModerationRequest, str]], 
     examples = []
     for request, ruling in lessons:
         prompt = render_ids(tokenizer, request.turns)
-        target = list(tokenizer(ruling, add_special_tokens=False)["input_ids"]) + [end]
+        target = [*tokenizer(ruling, add_special_tokens=False)["input_ids"], end]
         examples.append((torch.tensor([prompt + target]), len(prompt)))
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    # The (tied) embedding stays fixed: the layers learn to steer into it, and the step stays cheap.
+    model.get_input_embeddings().weight.requires_grad_(False)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(steps):
         optimizer.zero_grad()
         total = torch.zeros(())
         for ids, start in examples:
-            logits = model(input_ids=ids).logits[0, start - 1:-1]
+            # Only the positions that predict the ruling: the full-vocabulary logits are the cost.
+            keep = ids.shape[1] - start + 1
+            logits = model(input_ids=ids, logits_to_keep=keep).logits[0, :-1]
             total = total + torch.nn.functional.cross_entropy(logits, ids[0, start:])
         total.backward()
         optimizer.step()

@@ -14,11 +14,11 @@ from pipeline.errors import UserError
 from pipeline.model.checkpoint import (
     init_random_stream,
     load_stream_model,
-    random_stream_state,
     resolve_model_dir,
     save_stream_checkpoint,
 )
 from pipeline.model.presets import stream_config_dict
+from pipeline.model.random_init import random_stream_state
 from pipeline.tokens.files import load_qwen3_tokenizer
 
 IDS = torch.tensor([[151644, 872, 198, 9707, 11, 1246, 525, 498, 30, 151645, 198]])
@@ -156,14 +156,14 @@ def test_wrong_architecture_is_refused(tiny_stream_dir: Path, tmp_path: Path) ->
 def test_missing_config_is_refused(tiny_stream_dir: Path, tmp_path: Path) -> None:
     folder = copy_checkpoint(tiny_stream_dir, tmp_path / "no-config")
     (folder / "config.json").unlink()
-    with pytest.raises(UserError, match="no config.json"):
+    with pytest.raises(UserError, match=r"no config\.json"):
         load_stream_model(str(folder))
 
 
 def test_missing_weights_are_refused(tiny_stream_dir: Path, tmp_path: Path) -> None:
     folder = copy_checkpoint(tiny_stream_dir, tmp_path / "no-weights")
     (folder / "model.safetensors").unlink()
-    with pytest.raises(UserError, match="model.safetensors"):
+    with pytest.raises(UserError, match=r"model\.safetensors"):
         load_stream_model(str(folder))
 
 

@@ -174,3 +174,25 @@ def test_cache_is_returned_only_with_use_cache(tiny_stream_dir: Path) -> None:
     assert model(ids).past_key_values is None
     cache = model(ids, use_cache=True).past_key_values
     assert cache is not None and cache.get_seq_length() == 3
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_06b_random_checkpoint_is_non_degenerate_and_cache_invariant(stream_06b_dir: Path,
+                                                                     qwen_tokenizer: object) -> None:
+    model, _ = load_stream_model(str(stream_06b_dir), dtype="fp32")
+    text = ("The quick brown fox jumps over the lazy dog. 你好，世界！ How do I bake bread at home without "
+            "yeast? Mix flour, water and salt, then let the dough rest overnight before baking it.")
+    ids = torch.tensor([qwen_tokenizer.encode(text, add_special_tokens=False).ids])  # type: ignore[attr-defined]
+    full = outputs(model(ids))
+    # 28 random layers must not collapse every position onto one class (the init's scalings).
+    for head in (full[0], full[2]):
+        assert set(head[0].argmax(-1).tolist()) == {0, 1, 2}
+    split = ids.shape[1] // 2
+    first = model(ids[:, :split], use_cache=True)
+    second = model(ids[:, split:split + 1], past_key_values=first.past_key_values, use_cache=True)
+    rest = model(ids[:, split + 1:], past_key_values=second.past_key_values, use_cache=True)
+    pieces = [outputs(first), outputs(second), outputs(rest)]
+    for index, whole in enumerate(full):
+        cached = torch.cat([piece[index] for piece in pieces], dim=1)
+        torch.testing.assert_close(cached, whole, atol=1e-4, rtol=1e-4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -26,6 +27,12 @@ LIMITS = {"max_text_bytes": 200, "gap_timeout_ms": 1500, "max_context_tokens": 9
 def delta(cid: str, message: int, seq: int, text: str, role: str = "user", final: bool = False) -> bytes:
     return encode(TokenDelta(conversation_id=cid, message_index=message, role=role, seq=seq,  # type: ignore[arg-type]
                              text=text, final=final))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def metrics_text(worker: Any) -> str:
@@ -53,14 +60,14 @@ def test_every_bad_input_class_goes_to_the_dlq_and_the_next_good_input_is_judged
         (delta(gap, 0, 0, "Hello"), ""),                           # fine; seq 1 never comes
         (delta(gap, 0, 2, " there", final=True), "gap"),           # held, then reported
         (delta(unknown, 1, 0, "Where am I?", final=True), "gap"),  # a conversation never begun
-        *[(delta(long_, 0, seq, "word " * 30), "") for seq in range(4)],
-        (delta(long_, 0, 4, "word " * 30, final=True), "model context"),  # 150 words > 96 tokens
+        # 150 words > 96 tokens: reported once, at the delta that crosses the limit (checked below)
+        *[(delta(long_, 0, seq, "word " * 30, final=seq == 4), "") for seq in range(5)],
     ]
     produce(settings, settings.topic_in, [(cid, value) for value, _ in bad])  # type: ignore[misc]
     produce_deltas(settings, chunked_deltas([good], seed=3))
-    worker = start_worker(settings, **LIMITS)
+    worker = start_worker(settings, metrics_port=free_port(), **LIMITS)
     wait_caught_up(settings, workers=[worker])
-    expected_reasons = [reason for _, reason in bad if reason]
+    expected_reasons = [reason for _, reason in bad if reason] + ["model context"]
     wait_until(lambda: len(dlq_records(settings)) >= len(expected_reasons), 60, "gap reports", worker)
 
     offsets = {r.value: r.offset for r in consume_all(settings, settings.topic_in)}
@@ -73,6 +80,9 @@ def test_every_bad_input_class_goes_to_the_dlq_and_the_next_good_input_is_judged
         record = matching[0]
         assert record.reason.lower().startswith(reason.lower()) or reason in record.reason, record.reason
         assert (record.source_topic, record.source_offset) == (settings.topic_in, offsets[value])
+    [overflow] = [r for r in records if r.conversation_id == long_]
+    assert "model context" in overflow.reason
+    assert overflow.source_offset in {offsets[v] for v, _ in bad if v is not None and long_.encode() in v}
     finals = {(v.conversation_id, v.message_index) for v in verdicts(settings) if v.kind == "final"}
     assert {(cid, 0), (cid, 1)} <= finals, "the good conversation after the bad input was not judged"
     assert (long_, 0) in finals, "a message cut at the context limit still gets a verdict on what fit"

@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "engine.json").write_text(json.dumps(report, indent=2) + "\n")
     _plot(report, args.out / "engine.png")
+    (args.out / "engine.md").write_text(render_markdown(report))
     Console().print(render_tables(report))
-    say(f"wrote {args.out / 'engine.json'} and {args.out / 'engine.png'}")
+    say(f"wrote engine.json, engine.md and engine.png into {args.out}")
     return 0
 
 
@@ -141,6 +142,31 @@ def render_tables(report: dict[str, Any]) -> Any:
             throughput.add_row("batch (1 token each)" if kind == "batches" else "chunk (batch 1)", str(p["size"]),
                                f"{p['tokens_per_s']:.1f}", f"{p['ms_per_call']:.2f}")
     return Group(contexts, throughput)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The same tables as Markdown, for docs/benchmarks.md."""
+    results = report["results"]
+    lines = [
+        f"Command: `{report['command']}`  ",
+        f"Machine: {report['machine']}  ",
+        f"Date: {report['date']}; model {report['model']['name']} ({report['model']['precision']}), "
+        f"run took {report['seconds']} s.",
+        "",
+        "| context | KV read (MiB) | 1 new token (ms) | 16-token chunk (ms/token) | re-run prefix, official (ms/token) "
+        "| speedup |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in results["contexts"]:
+        lines.append(f"| {p['context']} | {p['kv_mib']:.0f} | {p['one_token_ms']:.1f} | "
+                     f"{p['chunk16_ms_per_token']:.1f} | {_maybe(p['baseline_ms_per_token'], '{:.0f}')} | "
+                     f"{_maybe(p['speedup'], '{:.1f}x')} |")
+    lines += ["", f"Throughput at context {report['plan']['batch_context']}:", "",
+              "| case | size | tokens/s | ms per call |", "|---|---:|---:|---:|"]
+    for kind, label in (("batches", "batch, 1 token each"), ("chunks", "chunk, batch 1")):
+        for p in results[kind]:
+            lines.append(f"| {label} | {p['size']} | {p['tokens_per_s']:.1f} | {p['ms_per_call']:.1f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _maybe(value: float | None, fmt: str) -> str:

@@ -43,6 +43,8 @@ def register(sub: Any) -> None:
                         help="torch: full-sequence reference (default); onnx: incremental streaming engine")
     parser.add_argument("--chunk-chars", type=int, default=0, metavar="N",
                         help="onnx engine: feed messages as N-character deltas (0: each message whole)")
+    parser.add_argument("--model-name", default=None,
+                        help="The verdicts' model field (default: the --model folder name, or the hub id)")
     parser.add_argument("--clock-ms", type=int, default=0, metavar="MS",
                         help="Timestamp written into every verdict (fixed, so outputs compare byte for byte)")
     parser.set_defaults(func=run)
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     conversations = read_conversations(args.input)
     policies = load_policy_book(settings.policy_file or None, args.policy or settings.default_policy)
     folder = resolve_model_dir(settings.model)
-    model_name = model_display_name(settings.model)
+    model_name = args.model_name or model_display_name(settings.model)
 
     console = Console(stderr=True)
     verdicts: list[Verdict] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
@@ -87,6 +88,8 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda signum, frame: stop.set())
+        # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a worker hangs.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         worker = build_worker(settings, metrics)
         log.info("model loaded", extra={"model": worker.processor.engine.model_name, "worker": worker.name})

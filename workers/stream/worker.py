@@ -34,6 +34,7 @@ _TXN_TIMEOUT_S = 30.0
 # are "unstable") until the broker aborts it at this timeout; keep it short, batches commit in far less.
 _TXN_ABORT_AFTER_MS = 10_000
 _MAX_TRACKED_PER_PARTITION = 100_000
+_REPORT_EVERY_S = 30.0
 
 
 def now_ms() -> int:
@@ -119,8 +120,15 @@ class StreamWorker:
         self._on_subscribed()
         log.info("stream worker consuming", extra={"topic": s.topic_in, "group": s.stream_group, "worker": self.name})
         try:
+            next_report = time.monotonic() + _REPORT_EVERY_S
+            handled = 0
             while not stop.is_set():
-                self.step(self.settings.max_batch_wait_ms / 1000.0)
+                handled += self.step(self.settings.max_batch_wait_ms / 1000.0)
+                if time.monotonic() >= next_report:
+                    next_report = time.monotonic() + _REPORT_EVERY_S
+                    log.info("stream worker progress", extra={
+                        "deltas": handled, "partitions": len(self._own.watermarks), "held": len(self._own.held)})
+                    handled = 0
         finally:
             self._close()
 
