@@ -94,7 +94,25 @@ class RulingConstraint:
         self.table = table
         self.grammar = RulingGrammar(mode)
         self.text_of = dict(zip(table.ids, table.texts, strict=True))
+        self._by_text = {text: token_id for token_id, text in zip(table.ids, table.texts, strict=True)}
+        self._longest = max(len(t) for t in table.texts)
         self._cache: dict[State, _Allowed] = {}
+        self._needed: dict[State, int] = {}
+
+    def tokens_needed(self, state: State) -> int:
+        """Tokens that surely suffice to finish the ruling from ``state`` (greedy longest-match path)."""
+        hit = self._needed.get(state)
+        if hit is not None:
+            return hit
+        rest = self.grammar.shortest_completion(state)
+        count = 0
+        while rest:
+            # Every single ASCII character is a token, so the match always advances.
+            size = next(n for n in range(min(self._longest, len(rest)), 0, -1) if rest[:n] in self._by_text)
+            rest = rest[size:]
+            count += 1
+        self._needed[state] = count
+        return count
 
     def allowed(self, state: State) -> _Allowed:
         hit = self._cache.get(state)
@@ -128,9 +146,12 @@ class RowDecode:
 
         grammar = self.constraint.grammar
         allowed = self.constraint.allowed(self.state)
-        # Keep only tokens after which the ruling can still be finished in the steps left (one
-        # character per token at worst), so a ruling never runs out of budget half-written.
-        keep = [k for k, s in enumerate(allowed.next_states) if grammar.min_chars_to_accept(s) <= remaining_after]
+        # Keep only tokens after which the ruling can still be finished in the steps left, so a
+        # ruling never runs out of budget half-written (the budget only binds near its end).
+        needed = [self.constraint.tokens_needed(s) for s in allowed.next_states]
+        keep = [k for k, n in enumerate(needed) if n <= remaining_after]
+        if not keep and allowed.ids and not grammar.accepting(self.state):
+            keep = [k for k, n in enumerate(needed) if n == min(needed)]
         ids = [allowed.ids[k] for k in keep]
         eos_allowed = grammar.accepting(self.state)
         candidates = ids + (list(self.constraint.table.eos_ids) if eos_allowed else [])

@@ -102,11 +102,19 @@ class RulingGrammar:
             return None
         return next(label for label in RISK_LABELS if (SAFETY_HEAD + label).startswith(state.buf))
 
-    def min_chars_to_accept(self, state: State) -> int:
-        if self.accepting(state):
-            return 0
-        return min(len(o.text) - len(state.buf) + self._min_from_stage[o.next_stage]
-                   for o in self.options(state) if o.text.startswith(state.buf))
+    def shortest_completion(self, state: State) -> str:
+        """The shortest text that takes ``state`` to an accepting state."""
+        text = ""
+        current = state
+        while not self.accepting(current):
+            option = min((o for o in self.options(current) if o.text.startswith(current.buf)),
+                         key=lambda o: len(o.text) - len(current.buf) + self._min_from_stage[o.next_stage])
+            rest = option.text[len(current.buf):]
+            text += rest
+            after = self.advance(current, rest)
+            assert after is not None
+            current = after
+        return text
 
     def _shortest_completions(self) -> dict[str, int]:
         refusal = 0 if self.mode == "prompt" else min(len(o) for o in REFUSAL_OPTIONS)

@@ -44,6 +44,8 @@ RESIDUAL_OUTPUTS = ("o_proj.weight", "down_proj.weight")
 NORM_WEIGHT_STD = 0.2
 
 ProgressCallback = Callable[[str, int, int], None]   # (what, done, total)
+
+
 def _is_norm(name: str) -> bool:
     return name.endswith("norm.weight")
 

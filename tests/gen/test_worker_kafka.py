@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -94,7 +95,8 @@ def gen_settings(settings: Settings, gen_checkpoint: Path) -> Iterator[Settings]
 
 def _conversations() -> dict[str, list[tuple[str, str]]]:
     convs = {
-        f"conv-{i}": [("user", f"question {i}: how do I do thing {i}?"), ("assistant", f"Here is thing {i}, step by step."),
+        f"conv-{i}": [("user", f"question {i}: how do I do thing {i}?"),
+                      ("assistant", f"Here is thing {i}, step by step."),
                       ("user", f"and what about {i * 7}?"), ("assistant", "I cannot help with that.")]
         for i in range(5)
     }
@@ -177,11 +179,12 @@ def test_every_message_gets_one_consistent_ruling_through_a_sigkill(gen_settings
     assert set(by_id) == expected
     for copies in by_id.values():
         assert len({_ruling(v) for v in copies}) == 1, copies
+        # Scores may differ by float noise between batch shapes; 3 decimals hide it almost always.
         for key in copies[0].scores or {}:
-            assert max(v.scores[key] for v in copies if v.scores) - min(v.scores[key] for v in copies if v.scores) <= 0.002
-    [long_ruling] = {_ruling(v) for v in by_id["conv-long/2/generative/final/0"]}
-    assert long_ruling[6] is not None and long_ruling[6] > 0   # truncated_tokens
-    assert all(_ruling(v)[6] is None for vid, vs in by_id.items() if vid.startswith("conv-0") for v in vs)
+            values = [(v.scores or {})[key] for v in copies]
+            assert max(values) - min(values) <= 0.002
+    assert all((v.truncated_tokens or 0) > 0 for v in by_id["conv-long/2/generative/final/0"])
+    assert all(v.truncated_tokens is None for vid, vs in by_id.items() if vid.startswith("conv-0") for v in vs)
 
 
 def test_bad_input_goes_to_the_dlq_and_good_input_is_still_ruled(gen_settings: Settings, tmp_path: Path) -> None:
@@ -216,5 +219,4 @@ def test_bad_input_goes_to_the_dlq_and_good_input_is_still_ruled(gen_settings: S
                               "message 0 is a user message; a chunk says assistant"]), reasons
     assert all(r.worker == "generative" and r.source_topic == gen_settings.topic_in for r in records)
     originals = {r.original_b64 for r in records}
-    import base64
     assert base64.b64encode(b"{not json").decode() in originals

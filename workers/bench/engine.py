@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device, kv_cache_bytes=6 * 1024**3,
                                        threads=args.threads or None)
     plan = BenchPlan.quick() if args.quick else BenchPlan.full()
-    started = time.monotonic()
+    started, load_before = time.monotonic(), os.getloadavg()
     result = EngineBench(engine, plan, say).run()
     report = {
         "command": "guardstream bench engine " + " ".join(_argv(args)),
@@ -61,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         "model": {"name": engine.model_name, "precision": engine.info.precision,
                   "layers": engine.info.num_layers, "kv_bytes_per_token": engine.info.kv_bytes_per_token},
         "seconds": round(time.monotonic() - started, 1),
+        # Other processes on the machine inflate timings; the 1-minute load average says how much.
+        "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
         "plan": plan.__dict__,
         "results": result.as_dict(),
     }
@@ -151,7 +154,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}  ",
         f"Date: {report['date']}; model {report['model']['name']} ({report['model']['precision']}), "
-        f"run took {report['seconds']} s.",
+        f"run took {report['seconds']} s; 1-min load average {report['load_average']['before']} before, "
+        f"{report['load_average']['after']} after (timings are the fastest of the repeats).",
         "",
         "| context | KV read (MiB) | 1 new token (ms) | 16-token chunk (ms/token) | re-run prefix, official (ms/token) "
         "| speedup |",
