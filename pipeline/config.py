@@ -125,6 +125,11 @@ class Settings:
     gen_concurrency: int = field(
         default=1, metadata=_opt("Generative worker: model calls in flight at once", "worker")
     )
+    gen_threads: int = field(
+        default=0,
+        metadata=_opt("Generative worker: torch CPU threads (0: torch's default, one per core; 1 on busy hosts)",
+                      "worker"),
+    )
     # --- operations ----------------------------------------------------------------------
     metrics_port: int = field(
         default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")

@@ -10,7 +10,8 @@ commits to a class (writes the label's first letter): a softmax over, per class,
 among the allowed tokens that commit to that class. Its argmax is the class written.
 
 Batches are left-padded; every row carries its own grammar state, so prompt and response
-rulings share a batch.
+rulings share a batch. Only the logits of tokens that can occur in a ruling are computed (the
+LM head restricted to those rows); they are the same dot products greedy decoding computes.
 """
 
 from __future__ import annotations
@@ -201,6 +202,19 @@ def constrained_generate(model: Any, prompts: Sequence[Sequence[int]], constrain
     import torch
 
     device = next(model.parameters()).device
+    # Only tokens that can occur in a ruling are ever chosen, so only their logits are computed:
+    # the full-vocabulary LM head (151,936 rows) dominates a small model's decode step.
+    head = model.get_output_embeddings().weight
+    vocab = head.shape[0]
+    candidate_ids = sorted({i for c in constraints for i in (*c.table.ids, *c.table.eos_ids)})
+    candidates = torch.tensor(candidate_ids, dtype=torch.long, device=device)
+    candidate_head = head[candidates]
+
+    def logits_of(hidden: Any) -> Any:
+        full = torch.full((hidden.shape[0], vocab), float("-inf"), dtype=torch.float32, device=device)
+        full[:, candidates] = torch.nn.functional.linear(hidden[:, -1, :], candidate_head).float()
+        return full
+
     width = max(len(p) for p in prompts)
     input_ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -211,10 +225,9 @@ def constrained_generate(model: Any, prompts: Sequence[Sequence[int]], constrain
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     rows = [RowDecode(c, c.grammar.start()) for c in constraints]
     with torch.inference_mode():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                    logits_to_keep=1)
+        out = model.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True)
         for step in range(max_new_tokens):
-            logits = out.logits[:, -1, :]
+            logits = logits_of(out.last_hidden_state)
             next_ids = [row.choose(logits[i], max_new_tokens - step - 1) if not row.finished else pad_token_id
                         for i, row in enumerate(rows)]
             if all(row.finished for row in rows) or step == max_new_tokens - 1:
@@ -222,6 +235,6 @@ def constrained_generate(model: Any, prompts: Sequence[Sequence[int]], constrain
             step_ids = torch.tensor(next_ids, dtype=torch.long, device=device)[:, None]
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=device)], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                        past_key_values=out.past_key_values, use_cache=True, logits_to_keep=1)
+            out = model.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                              past_key_values=out.past_key_values, use_cache=True)
     return [DecodeResult(row.text, tuple(row.token_ids), row.scores) for row in rows]

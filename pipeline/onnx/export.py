@@ -7,6 +7,14 @@ tuple, opset 23 with sdpa and grouped KV heads (native ``Attention`` op), exampl
 
 Validation before the directory appears: ``onnx.checker`` on the path (works past 2 GB) and a
 parity run of the incremental engine against the torch full-sequence forward.
+
+fp16 (for the CUDA provider) is exported from the model cast to fp16; past/present tensors are
+fp16, logits are returned as float32 by the engine. ORT 1.32's CPU provider runs it (tiny model:
+5e-4 from fp32 torch), so its parity run is checked with a looser bound; if a CPU build lacks an
+fp16 kernel the run is skipped and the reason recorded in ``guardstream-onnx.json``.
+
+transformers 5.17 has no ``TRANSFORMERS_SDPA_FORCE_GQA`` switch (onnx-notes used 5.23): the
+wrapper registers its own sdpa attention with ``enable_gqa`` for the export instead.
 """
 
 from __future__ import annotations

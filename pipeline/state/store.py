@@ -111,11 +111,22 @@ class StateStore:
 
     def load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """States of the given conversations; absent (new, ended or expired) ones are left out."""
-        if not keys:
-            return {}
-        values = self._retrying("mget", lambda: self._redis.mget(list(keys)))
-        pairs = zip(keys, values, strict=True)
-        return {k: v if isinstance(v, bytes) else v.encode() for k, v in pairs if v is not None}
+        return self.load_with_watermarks(keys, "", [])[0]
+
+    def load_with_watermarks(
+        self, keys: Sequence[str], topic: str, partitions: Sequence[int]
+    ) -> tuple[dict[str, bytes], dict[int, int]]:
+        """States and partition watermarks from ONE atomic MGET: a consistent snapshot, so a caller
+        can tell whether the states it read are the ones it expects (see StateStore's docstring)."""
+        wm_keys = [watermark_key(self._group, topic, p) for p in partitions]
+        everything = [*keys, *wm_keys]
+        if not everything:
+            return {}, {}
+        values = self._retrying("mget", lambda: self._redis.mget(everything))
+        pairs = zip(keys, values[: len(keys)], strict=True)
+        states = {k: v if isinstance(v, bytes) else v.encode() for k, v in pairs if v is not None}
+        marks = {p: NO_WATERMARK if v is None else int(v) for p, v in zip(partitions, values[len(keys):], strict=True)}
+        return states, marks
 
     def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
         """Stored watermark per partition; NO_WATERMARK where none was ever written (or it was lost)."""

@@ -11,6 +11,17 @@ from pipeline.gen.checkpoint import GenModel, init_random_gen, load_gen_model
 from pipeline.gen.moderator import GenModerator
 
 
+@pytest.fixture(scope="package", autouse=True)
+def one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared host: one intra-op thread is many times faster than spinning several."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def gen_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return init_random_gen(tmp_path_factory.mktemp("gen") / "gen-tiny", size="tiny", seed=0)

@@ -146,6 +146,24 @@ def wait_caught_up(settings: Settings, timeout_s: float = 240.0, workers: Iterab
     wait_until(done, timeout_s, "the stream group to commit all input")
 
 
+def wait_caught_up_supervised(
+    settings: Settings, worker: WorkerProcess, restart: Callable[[], WorkerProcess], timeout_s: float = 300.0
+) -> WorkerProcess:
+    """Like a process supervisor: a worker that exits because a Kafka call hung (see
+    workers.stream.worker.EXIT_KAFKA_HUNG) is restarted; any other exit fails the test."""
+    from workers.stream.worker import EXIT_KAFKA_HUNG
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not worker.alive():
+            assert worker.proc is not None and worker.proc.returncode == EXIT_KAFKA_HUNG, worker.tail()
+            worker = restart()
+        if input_lag(settings) == 0:
+            return worker
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for the stream group to commit all input")
+
+
 def verdicts(settings: Settings) -> list[Verdict]:
     return consume_verdicts(settings)
 
@@ -173,7 +191,9 @@ def dedup(found: Iterable[Verdict]) -> dict[str, tuple[object, ...]]:
     return by_id
 
 
-def assert_same_verdicts(found: dict[str, tuple[object, ...]], expected: dict[str, tuple[object, ...]]) -> None:
+def assert_same_verdicts(
+    found: dict[str, tuple[object, ...]], expected: dict[str, tuple[object, ...]], context: object = ""
+) -> None:
     """Equal sets, with a readable account of what differs.
 
     ``scores`` are compared to 1e-3: they are softmax values rounded to 4 decimals, and batches of
@@ -190,7 +210,7 @@ def assert_same_verdicts(found: dict[str, tuple[object, ...]], expected: dict[st
         if diff:
             differing[k] = diff
     assert not (missing or extra or differing), (
-        f"missing {missing}\nextra {extra}\ndiffering (got, expected) {differing}")
+        f"missing {missing}\nextra {extra}\ndiffering (got, expected) {differing}\n{context}")
 
 
 def _close_scores(a: object, b: object, tolerance: float = 1e-3) -> bool:

@@ -275,8 +275,8 @@ def _summarise(mode: str, conversations: int, produced: dict[tuple[str, int, int
                seen: list[tuple[int, Any]], tokens: int, finals_expected: int, completed: bool, rate: float,
                tokens_per_conversation: int) -> LevelResult:
     last_seq: dict[tuple[str, int], int] = {}
-    for cid, msg, seq in produced:
-        last_seq[(cid, msg)] = max(last_seq.get((cid, msg), -1), seq)
+    for cid, msg, chunk in produced:
+        last_seq[(cid, msg)] = max(last_seq.get((cid, msg), -1), chunk)
     latencies: list[float] = []
     final_latencies: list[float] = []
     for at, v in seen:

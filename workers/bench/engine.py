@@ -182,6 +182,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     results = report["results"]
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -193,11 +194,16 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         left.plot(*zip(*base, strict=True), "x--", label="re-run prefix (official)")
     left.set(xscale="log", yscale="log", xlabel="context tokens", ylabel="ms per new token",
              title="Per-token cost vs context")
+    left.set_xticks(xs, [str(x) for x in xs], minor=False)
+    left.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     left.legend()
     for kind, label in (("batches", "batch size (1 token each)"), ("chunks", "chunk size (batch 1)")):
         right.plot([p["size"] for p in results[kind]], [p["tokens_per_s"] for p in results[kind]], "o-", label=label)
     right.set(xscale="log", xlabel="size", ylabel="tokens/s",
               title=f"Throughput at context {report['plan']['batch_context']}")
+    sizes = sorted({p["size"] for kind in ("batches", "chunks") for p in results[kind]})
+    right.set_xticks(sizes, [str(x) for x in sizes], minor=False)
+    right.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     right.legend()
     fig.suptitle(f"{report['model']['name']} {report['model']['precision']} - {report['machine']}", fontsize=8)
     fig.tight_layout()

@@ -32,7 +32,7 @@ class BenchPlan:
     @classmethod
     def full(cls) -> BenchPlan:
         return cls(contexts=(256, 512, 1024, 2048, 4096, 8000), baseline_contexts=(256, 1024, 2048),
-                   batch_sizes=(1, 2, 4, 8, 16, 32), chunk_sizes=(1, 4, 16, 64), batch_context=256, repeats=5,
+                   batch_sizes=(1, 2, 4, 8, 16, 32), chunk_sizes=(1, 4, 16, 64), batch_context=256, repeats=7,
                    baseline_repeats=2)
 
     @classmethod

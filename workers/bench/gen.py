@@ -32,7 +32,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true", help="Few requests and batch sizes: a smoke run")
     parser.add_argument("--requests", type=int, default=0, help="Requests per measurement (default 32, quick 8)")
-    add_settings_arguments(parser, ["state_dir", "device", "precision"])
+    add_settings_arguments(parser, ["state_dir", "device", "precision", "gen_threads"])
     parser.set_defaults(func=run)
 
 
@@ -78,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     def say(message: str) -> None:
         console.print(f"[dim]bench gen[/]: {message}")
 
+    if settings.gen_threads > 0:
+        torch.set_num_threads(settings.gen_threads)
     model_dir = _checkpoint(args, state_path(settings), say)
     gen = load_gen_model(model_dir, device=settings.device, dtype=settings.precision)
     moderator = GenModerator(gen, context_tokens=settings.max_context_tokens)
@@ -121,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         "machine": _machine(gen.device),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": {"name": gen.name, "device": gen.device, "dtype": str(next(gen.model.parameters()).dtype)},
+        "torch_threads": torch.get_num_threads(),
         "requests": count,
         "seconds": round(time.monotonic() - started_all, 1),
         # Other processes on the machine inflate timings; the 1-minute load average says how much.
@@ -167,7 +170,8 @@ def _machine(device: str) -> str:
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [
         f"`{report['command']}` on {report['machine']}, {report['date']}; model {report['model']['name']} "
-        f"({report['model']['dtype']}), {report['requests']} requests, load average "
+        f"({report['model']['dtype']}), {report['torch_threads']} torch threads, {report['requests']} requests, "
+        "load average "
         f"{report['load_average']['before']} -> {report['load_average']['after']}",
         "",
         "| method | batch | rulings/s | latency p50 (ms) | latency p95 (ms) |",

@@ -55,23 +55,22 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout
 
 def summary_table(outcomes: list[ConversationOutcome]) -> Table:
     table = Table(title="guardstream demo: summary")
-    for column in ("conversation", "language", "prompt", "response", "flags", "tokens streamed", "outcome"):
-        table.add_column(column)
+    for column in ("conversation", "language", "prompt", "response", "flags", "tokens", "outcome"):
+        table.add_column(column, no_wrap=True)
     for conv in outcomes:
-        cells: list[Text | str] = [conv.conversation_id, conv.language]
+        cells: list[Text | str] = [conv.conversation_id.removeprefix("demo-").rsplit("-", 2)[0], conv.language]
         for role in ("user", "assistant"):
             m = next((m for m in conv.messages if m.role == role), None)
             if m is None or m.final is None:
                 cells.append(Text("-" if m is None else "no verdict", style="dim"))
             else:
-                label = m.final.risk + (f" ({m.final.category})" if m.final.category else "")
-                cells.append(Text(label, style=RISK_STYLE.get(m.final.risk, "white")))
+                cells.append(Text(m.final.risk, style=RISK_STYLE.get(m.final.risk, "white")))
         flags = sum(len(m.flags) for m in conv.messages)
         sent = sum(m.tokens_sent for m in conv.messages)
         total = sum(m.tokens_total for m in conv.messages)
         blocked = [m for m in conv.messages if m.final is not None and m.final.action == "block"]
         stopped = any(m.stopped for m in conv.messages)
-        outcome = "generation stopped" if stopped else ("blocked" if blocked else "allowed")
+        outcome = "stopped" if stopped else ("blocked" if blocked else "allowed")
         cells += [str(flags), f"{sent}/{total}",
                   Text(outcome, style="bold red" if blocked or stopped else "green")]
         table.add_row(*cells)
@@ -142,11 +141,12 @@ async def _play(settings: Settings, console: Console, model: DemoModel, conversa
 
     tokenizer = load_qwen3_tokenizer(model.export_dir if (model.export_dir / "tokenizer.json").is_file() else None)
     chosen = [SAMPLES[i % len(SAMPLES)] for i in range(conversations)]
+    run_id = time.strftime("%H%M%S")
     outcomes = []
     async with GuardClient(settings, mode="guarded") as guard:
         frontend = DemoFrontend(guard, console, tokenizer, token_delay_s, verdict_timeout_s=60.0)
         for n, (language, conv) in enumerate(chosen):
-            if n >= len(SAMPLES):  # repeated samples need fresh conversation ids
-                conv = type(conv)(f"{conv.conversation_id}-{n}", conv.tenant, conv.messages)
+            # Fresh ids per run: an interrupted earlier run may have left state for the same ids.
+            conv = type(conv)(f"{conv.conversation_id}-{run_id}-{n}", conv.tenant, conv.messages)
             outcomes.append(await frontend.play(language, conv))
     return outcomes

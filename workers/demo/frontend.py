@@ -88,21 +88,26 @@ class DemoFrontend:
             result.final = await msg.final(self.verdict_timeout_s)
         except TimeoutError:
             self.console.print(Text("           no final verdict in time (is the worker running?)", style="red"))
-        self._drain(msg, result)
+        if self._drain(msg, result):
+            self.console.print()  # a flag marker was printed after the message's last token
         if result.final is not None:
             self.console.print(Text("           ") + describe(result.final))
         return result
 
-    def _drain(self, msg: GuardedMessage, result: MessageOutcome) -> None:
+    def _drain(self, msg: GuardedMessage, result: MessageOutcome) -> bool:
+        """Show flags that arrived; True when something was printed."""
+        printed = False
         while not msg.events.empty():
             event: ReleaseEvent = msg.events.get_nowait()
             result.released_chars += len(event.released)
             if event.blocked is not None and event.blocked.kind == "flag":
                 result.flags.append(event.blocked)
                 self.console.print(Text("  [FLAG ") + describe(event.blocked) + Text("]"), end="")
+                printed = True
         for v in msg.verdicts:
             if v.kind == "flag" and v not in result.flags:
                 result.flags.append(v)
+        return printed
 
     @staticmethod
     def _live_style(msg: GuardedMessage) -> str:

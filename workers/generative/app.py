@@ -9,11 +9,11 @@ threads (:mod:`workers.generative.batcher`); one final Verdict per message goes 
 
 Crash safety (at-least-once, duplicates identical):
 - The stream is consumed without automatic acks. An event is acked only once its effects are
-  durable: at once when it triggers no ruling, otherwise when every ruling it triggered has been
-  delivered to ``guard.verdicts`` (or, for bad input, when the DLQ record is delivered). faust
-  commits the highest offset below which everything is acked and flushes the producer (table
-  changelog included) before committing. So a committed offset never passes a message whose
-  ruling was not delivered.
+  durable: its table write delivered to the changelog, every ruling it triggered delivered to
+  ``guard.verdicts``, its DLQ record delivered. faust commits the highest offset below which
+  everything is acked. So a committed offset never passes a chunk missing from the changelog or
+  a message whose ruling was not delivered. (Table writes bypass ``table[key] = value``: faust's
+  commit-time flush can give up with changelog writes still buffered; see ``_store``.)
 - After SIGKILL the table comes back from its changelog (possibly ahead of the committed
   offset) and the uncommitted events are replayed. Applying a delta is idempotent; a replayed
   event re-triggers every complete message that is not marked ruled, so a ruling that was lost
@@ -113,21 +113,30 @@ class ConversationRuler:
         try:
             applied = apply_delta(draft, delta)
         except AssemblyError as exc:
-            if changed:
-                self.table[key] = encode_draft(draft)
+            stored = [self._store(event, key, draft)] if changed else []
             await self._dead_letter(event, str(exc), delta.conversation_id)
-            event.ack()
+            self._ack_when_done(event, stored)
             return
         if applied and delta.message_index is not None and draft.messages[delta.message_index].complete:
             self.metrics.messages_completed.labels(role=delta.role).inc()
-        if changed or applied:
-            self.table[key] = encode_draft(draft)
+        pending = [self._store(event, key, draft)] if changed or applied else []
         self.metrics.conversations.set(len(self.table))
-        pending = await self._schedule(event, key, delta, draft)
-        if pending:
-            self._ack_when_done(event, pending)
-        else:
-            event.ack()
+        pending += await self._schedule(event, key, delta, draft)
+        self._ack_when_done(event, pending)
+
+    # --- the table -----------------------------------------------------------------------------
+    # faust's commit-time producer flush gives up after 0.1 s with messages still buffered, so a
+    # busy worker can commit an offset whose changelog write never landed (seen in tests: a chunk
+    # vanished across a SIGKILL). Writes therefore go through send_changelog, whose future says
+    # when the write is durable, and the event is acked only after that.
+    def _store(self, event: Any, key: bytes, draft: ConversationDraft) -> Any:
+        value = encode_draft(draft)
+        self.table.data[key] = value
+        return self.table.send_changelog(event.message.partition, key, value)
+
+    def _forget(self, event: Any, key: bytes) -> Any:
+        self.table.data.pop(key, None)
+        return self.table.send_changelog(event.message.partition, key, None, value_serializer="raw")
 
     # --- rulings -----------------------------------------------------------------------------
     async def _schedule(self, event: Any, key: bytes, delta: TokenDelta,
@@ -189,9 +198,20 @@ class ConversationRuler:
                 changed = True
         return changed
 
-    def _ack_when_done(self, event: Any, pending: Sequence[asyncio.Future[None]]) -> None:
+    def _ack_when_done(self, event: Any, pending: Sequence[Any]) -> None:
+        if not pending:
+            event.ack()
+            return
+
         async def ack_later() -> None:
-            await asyncio.gather(*pending, return_exceptions=True)
+            results = await asyncio.gather(*pending, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                # A verdict that could not be delivered: leave the event unacked so the offset is
+                # never committed past it and the next worker rules the message again.
+                log.error("verdict not delivered; its event stays uncommitted",
+                          extra={"error": repr(failures[0]), "offset": event.message.offset})
+                return
             event.ack()
 
         task = asyncio.ensure_future(ack_later())
@@ -209,10 +229,9 @@ class ConversationRuler:
             await self._dead_letter(event, f"assistant message {index} got no ruling: a lower message index "
                                            "never arrived complete", delta.conversation_id)
         self._delivered.pop(key, None)
-        if self.table.get(key) is not None:
-            del self.table[key]
+        pending = [self._forget(event, key)] if self.table.get(key) is not None else []
         self.metrics.conversations.set(len(self.table))
-        event.ack()
+        self._ack_when_done(event, pending)
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Let in-flight rulings finish and their events ack (graceful shutdown)."""
@@ -320,6 +339,12 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
         with contextlib.suppress(NotImplementedError, RuntimeError):   # not the main thread (in-process tests)
             loop.add_signal_handler(signum, stop.set)
     policies = load_policy_book(settings.policy_file or None, settings.default_policy)
+    if settings.gen_threads > 0:
+        import torch
+
+        # Intra-op threads spin while they wait: on a host whose cores are busy, more threads than
+        # free cores make small models many times slower, so this is tunable.
+        torch.set_num_threads(settings.gen_threads)
     gen = await loop.run_in_executor(None, load_gen_model, settings.model, settings.device, settings.precision)
     moderator = await loop.run_in_executor(
         None, lambda: GenModerator(gen, context_tokens=settings.max_context_tokens))

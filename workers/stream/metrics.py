@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -42,8 +41,11 @@ class StreamMetrics:
                                   ["topic", "partition"], registry=r)
         self.assigned_partitions = Gauge("guardstream_stream_assigned_partitions", "Input partitions owned",
                                          registry=r)
-        self.kv_cache_hit_ratio = Gauge("guardstream_stream_kv_cache_hit_ratio",
-                                        "Share of requested positions served from the KV cache", registry=r)
+        self.kv_cache_lookups = Counter("guardstream_stream_kv_cache_lookups",
+                                        "Engine requests (one per conversation per step)", registry=r)
+        self.kv_cache_hits = Counter("guardstream_stream_kv_cache_hits",
+                                     "Engine requests whose conversation had a KV cache (hit rate = hits/lookups)",
+                                     registry=r)
         self.kv_cache_bytes = Gauge("guardstream_stream_kv_cache_bytes", "Bytes held by the KV cache", registry=r)
         self.transactions_aborted = Counter("guardstream_stream_transactions_aborted",
                                             "Kafka transactions aborted (batch re-read)", registry=r)
@@ -53,15 +55,9 @@ class StreamMetrics:
     def observe_redis(self, op: str, seconds: float) -> None:
         self.redis_seconds.labels(op=op).observe(seconds)
 
-    def observe_engine_stats(self, stats: Mapping[str, Any]) -> None:
-        """Engine-reported cache statistics, when the engine exposes them (names are best effort)."""
-        hits, misses = stats.get("cache_hit_tokens"), stats.get("cache_miss_tokens")
-        if isinstance(hits, int | float) and isinstance(misses, int | float) and hits + misses > 0:
-            self.kv_cache_hit_ratio.set(hits / (hits + misses))
-        ratio = stats.get("hit_rate", stats.get("cache_hit_rate"))
-        if isinstance(ratio, int | float):
-            self.kv_cache_hit_ratio.set(ratio)
-        used = stats.get("cache_bytes", stats.get("kv_cache_bytes"))
+    def observe_engine(self, engine: Any) -> None:
+        """Bytes in the engine's KV cache, when it has one (the ONNX engine's ``cache.nbytes``)."""
+        used = getattr(getattr(engine, "cache", None), "nbytes", None)
         if isinstance(used, int | float):
             self.kv_cache_bytes.set(used)
 

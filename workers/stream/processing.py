@@ -56,6 +56,15 @@ class _Conversation:
     changed: bool = False
 
 
+class StaleState(Exception):
+    """Redis does not hold the watermark the caller expects for these partitions: it lost writes
+    (restart, failover) or another worker moved on. Recover them, then process the batch again."""
+
+    def __init__(self, partitions: dict[PartitionId, int]) -> None:
+        super().__init__(f"stale redis state for {sorted(partitions)}")
+        self.partitions = partitions  # partition -> stored watermark
+
+
 @dataclass
 class BatchOutcome:
     verdicts: list[Verdict] = field(default_factory=list)
@@ -66,14 +75,15 @@ class BatchOutcome:
     held: dict[str, ConversationRef] = field(default_factory=dict)  # conversations holding out-of-order deltas
     deltas: int = 0
     tokens_scored: int = 0
+    cache_lookups: int = 0                                           # engine requests ...
+    cache_hits: int = 0                                              # ... whose KV cache was warm
     conversations_scored: int = 0
     delta_ts_ms: dict[str, int] = field(default_factory=dict)        # conversation key -> newest delta ts_ms
 
 
 def has_held_deltas(state: ConversationState) -> bool:
     """Whether the scorer is holding deltas that wait for a gap to fill (they may expire)."""
-    held = getattr(state, "held", None)
-    return bool(held)
+    return bool(state.held)
 
 
 class BatchProcessor:
@@ -129,7 +139,7 @@ class BatchProcessor:
             if key not in convs:
                 convs[key] = _Conversation(key, ref.conversation_id, ref.tenant, ref.topic, ref.partition)
 
-        self._load_states(convs.values(), out, now_ms)
+        self._load_states(convs.values(), out, now_ms, expected_watermarks)
         for conv in convs.values():
             self._apply(conv, out, now_ms, expire_gaps)
         self._score(list(convs.values()), out, now_ms)
@@ -145,9 +155,19 @@ class BatchProcessor:
         return out
 
     # ------------------------------------------------------------------------------------
-    def _load_states(self, convs: Iterable[_Conversation], out: BatchOutcome, now_ms: int) -> None:
+    def _load_states(
+        self, convs: Iterable[_Conversation], out: BatchOutcome, now_ms: int,
+        expected: Mapping[PartitionId, int],
+    ) -> None:
         todo = list(convs)
-        stored = self.store.load([c.key for c in todo])
+        # The input topic is one topic; partitions we have an expectation for are checked, in the
+        # same atomic read as the states, so the states judged below are the ones Kafka implies.
+        checked = sorted({(c.topic, c.partition) for c in todo if (c.topic, c.partition) in expected})
+        topic = checked[0][0] if checked else ""
+        stored, marks = self.store.load_with_watermarks([c.key for c in todo], topic, [p for _, p in checked])
+        stale = {(topic, p): mark for p, mark in marks.items() if mark != expected[(topic, p)]}
+        if stale:
+            raise StaleState(stale)
         for conv in todo:
             raw = stored.get(conv.key)
             if raw is None:
@@ -221,6 +241,10 @@ class BatchProcessor:
         self, ready: list[tuple[_Conversation, FeedRequest]], out: BatchOutcome, now_ms: int
     ) -> list[HeadOutputs | None]:
         """One engine step for all; if it fails, find the culprit(s) one conversation at a time."""
+        cache = getattr(self.engine, "cache", None)  # the ONNX engine's LRU; other engines may have none
+        if cache is not None:
+            out.cache_lookups += len(ready)
+            out.cache_hits += sum(1 for _, request in ready if request.key in cache)
         try:
             return list(self.engine.run([r for _, r in ready]))
         except Exception:

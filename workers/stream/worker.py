@@ -10,6 +10,7 @@ contradictory" under crashes, rebalances and broker or Redis restarts.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -23,7 +24,7 @@ from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
 from workers.stream.metrics import StreamMetrics
-from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId
+from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
 from workers.stream.records import InputRecord, reason_class
 from workers.stream.recovery import recover_partition
 
@@ -142,7 +143,7 @@ class StreamWorker:
             self._observe_engine()
             return 0
         started = time.perf_counter()
-        outcome = self.processor.process(records, self._own.watermarks, now_ms(), sweep)
+        outcome = self._process(records, sweep)
         if not self._commit(records, outcome):
             return 0
         self._write_state(records, outcome)
@@ -168,6 +169,21 @@ class StreamWorker:
             records.append(InputRecord(topic, partition, offset, msg.key(), msg.value()))
         return records
 
+    def _process(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
+        """Judge the batch on states that match Kafka; if Redis lost writes under us, replay first."""
+        for _ in range(3):
+            try:
+                return self.processor.process(records, self._own.watermarks, now_ms(), sweep)
+            except StaleState as stale:
+                self.metrics.state_conflicts.inc()
+                first = _first_offsets(records)
+                for pid, stored in stale.partitions.items():
+                    log.warning("redis state is not what this worker wrote; recovering the partition", extra={
+                        "topic": pid[0], "partition": pid[1], "expected": self._own.watermarks.get(pid),
+                        "stored": stored})
+                    self._recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
+        raise RuntimeError("redis state kept changing under this worker; is another worker writing its partitions?")
+
     def _due_sweep(self) -> dict[str, ConversationRef]:
         """Conversations holding out-of-order deltas get re-checked now and then so gaps time out."""
         t = now_ms()
@@ -182,6 +198,8 @@ class StreamWorker:
         producer, consumer = self._producer, self._consumer
         s = self.settings
         offsets = _next_offsets(records)
+        if not offsets and not outcome.verdicts and not outcome.dlq:
+            return True  # a gap sweep that found nothing to report: no transaction needed
         try:
             producer.begin_transaction()
             for verdict in outcome.verdicts:
@@ -190,9 +208,9 @@ class StreamWorker:
                 _produce(producer, s.topic_dlq, rec.conversation_id, encode(rec))
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                _retrying(lambda: producer.send_offsets_to_transaction(
+                _retrying("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
                     tps, consumer.consumer_group_metadata(), _TXN_TIMEOUT_S))
-            _retrying(lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
+            _retrying("commit_transaction", lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
             return True
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
@@ -201,18 +219,14 @@ class StreamWorker:
                 # restarted mid-transaction: nothing of this batch is visible; judge it again.
                 log.warning("transaction aborted; re-reading the batch", extra={"error": str(error)})
                 self.metrics.transactions_aborted.inc()
-                _retrying(lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
+                _retrying("abort_transaction", lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
                 self._rewind(records)
                 return False
             raise  # fenced or fatal: exit, let the supervisor restart us (recovery makes that safe)
 
     def _rewind(self, records: Sequence[InputRecord]) -> None:
         assert self._consumer is not None
-        first: dict[PartitionId, int] = {}
-        for rec in records:
-            pid = (rec.topic, rec.partition)
-            first[pid] = min(first.get(pid, rec.offset), rec.offset)
-        for (topic, partition), offset in first.items():
+        for (topic, partition), offset in _first_offsets(records).items():
             if self._own.owns((topic, partition)):
                 self._consumer.seek(TopicPartition(topic, partition, offset))
 
@@ -249,6 +263,8 @@ class StreamWorker:
         m = self.metrics
         m.deltas.inc(outcome.deltas)
         m.tokens.inc(outcome.tokens_scored)
+        m.kv_cache_lookups.inc(outcome.cache_lookups)
+        m.kv_cache_hits.inc(outcome.cache_hits)
         m.batch_deltas.observe(outcome.deltas)
         m.batch_tokens.observe(outcome.tokens_scored)
         m.batch_conversations.observe(outcome.conversations_scored)
@@ -263,12 +279,7 @@ class StreamWorker:
         self._observe_engine()
 
     def _observe_engine(self) -> None:
-        stats = getattr(self.processor.engine, "stats", None)
-        if callable(stats):
-            try:
-                self.metrics.observe_engine_stats(stats())
-            except Exception:  # metrics must never stop the worker
-                log.debug("engine stats unavailable", exc_info=True)
+        self.metrics.observe_engine(self.processor.engine)
 
     # --- rebalance callbacks (run inside consume(), between batches) ----------------------
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -315,6 +326,14 @@ class StreamWorker:
         log.info("stream worker stopped", extra={"worker": self.name})
 
 
+def _first_offsets(records: Sequence[InputRecord]) -> dict[PartitionId, int]:
+    first: dict[PartitionId, int] = {}
+    for rec in records:
+        pid = (rec.topic, rec.partition)
+        first[pid] = min(first.get(pid, rec.offset), rec.offset)
+    return first
+
+
 def _next_offsets(records: Sequence[InputRecord]) -> dict[PartitionId, int]:
     offsets: dict[PartitionId, int] = {}
     for rec in records:
@@ -335,10 +354,30 @@ def _committed(consumer: Consumer, partitions: list[TopicPartition], limit_s: fl
             log.info("committed offsets not readable yet; retrying", extra={"error": str(exc)})
 
 
-def _retrying(call: Callable[[], object], limit_s: float = 300.0) -> None:
-    """Repeat a transactional call while librdkafka says the error is retriable (e.g. broker restart)."""
+EXIT_KAFKA_HUNG = 75  # EX_TEMPFAIL: the supervisor should restart the worker
+_HUNG_AFTER_S = 45.0  # well past the 30 s timeout every transactional call is given
+
+
+def _exit_hung(what: str) -> None:
+    log.critical("a kafka call hung past its timeout; exiting so that a restart (and recovery) takes over",
+                 extra={"call": what, "exit_code": EXIT_KAFKA_HUNG})
+    logging.shutdown()
+    os._exit(EXIT_KAFKA_HUNG)
+
+
+def _retrying(what: str, call: Callable[[], object], limit_s: float = 300.0) -> None:
+    """Repeat a transactional call while librdkafka says the error is retriable (e.g. broker restart).
+
+    librdkafka's send_offsets_to_transaction can block past its timeout when the group coordinator
+    went away (confluentinc/librdkafka#5456, #5511). A watchdog turns such a hang into a clean
+    process exit: nothing of the open transaction is visible, and the restarted worker's recovery
+    picks up exactly at the last committed batch.
+    """
     deadline = time.monotonic() + limit_s
     while True:
+        watchdog = threading.Timer(_HUNG_AFTER_S, _exit_hung, args=(what,))
+        watchdog.daemon = True
+        watchdog.start()
         try:
             call()
             return
@@ -348,6 +387,8 @@ def _retrying(call: Callable[[], object], limit_s: float = 300.0) -> None:
                 raise
             log.warning("kafka call failed, retrying", extra={"error": str(error)})
             time.sleep(0.5)
+        finally:
+            watchdog.cancel()
 
 
 def _produce(producer: Producer, topic: str, key: str | None, value: bytes) -> None:
