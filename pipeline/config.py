@@ -97,6 +97,12 @@ class Settings:
     stream_group: str = field(
         default="guardstream-stream", metadata=_opt("Consumer group of stream workers", "worker")
     )
+    worker_instance: str = field(
+        default="",
+        metadata=_opt("Stable name of this stream worker (e.g. the pod name): a restarted worker with the same "
+                      "name aborts its crashed predecessor's open Kafka transaction at once. Never run two "
+                      "live workers with one name. Empty: hostname-pid", "worker"),
+    )
     generative_group: str = field(
         default="guardstream-generative", metadata=_opt("Consumer group of generative workers", "worker")
     )

@@ -147,6 +147,8 @@ def _ruling(verdict: Verdict) -> tuple[object, ...]:
 def test_every_message_gets_one_consistent_ruling_through_a_sigkill(gen_settings: Settings, tmp_path: Path) -> None:
     conversations = _conversations()
     deltas = {cid: _deltas(cid, msgs) for cid, msgs in conversations.items()}
+    for cid in ("conv-0", "conv-1", "conv-long"):   # ended conversations free their state
+        deltas[cid].append(TokenDelta(conversation_id=cid, type="end"))
     expected = {f"{cid}/{i}/generative/final/0" for cid, msgs in conversations.items()
                 for i, (role, _) in enumerate(msgs) if role != "system"}
     first = [d for ds in deltas.values() for d in ds[: len(ds) // 2 + 1]]

@@ -168,6 +168,22 @@ def verdicts(settings: Settings) -> list[Verdict]:
     return consume_verdicts(settings)
 
 
+def settled_verdicts(settings: Settings, want: int, timeout_s: float = 60.0) -> list[Verdict]:
+    """Verdicts once ``want`` distinct ids are visible (or the timeout passed).
+
+    A worker killed inside a transaction leaves it open until the broker aborts it
+    (transaction.timeout.ms), and read-committed readers of that verdict partition stop there
+    until then: later verdicts exist but are not visible yet. A restart under the same
+    ``worker_instance`` aborts it at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = verdicts(settings)
+        if len({v.verdict_id for v in found}) >= want or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
+
+
 def dlq_records(settings: Settings) -> list[DlqRecord]:
     import msgspec
 

@@ -18,7 +18,7 @@ from tests.worker.harness import (
     dlq_records,
     duplicates,
     input_lag,
-    verdicts,
+    settled_verdicts,
     wait_caught_up,
     wait_until,
 )
@@ -50,7 +50,7 @@ def test_sigkill_mid_stream_then_restart_gives_the_fault_free_verdicts(
     time.sleep(3)  # a lost delta would show as a gap report after gap_timeout_ms
     assert last.stop() == 0
 
-    found = verdicts(settings)
+    found = settled_verdicts(settings, len(expected))
     assert_same_verdicts(dedup(found), expected,  # dedup itself fails on two contents under one id
                          [(r.reason, r.source_partition, r.source_offset) for r in dlq_records(settings)])
     assert duplicates(found) == []  # transactions: a crashed batch's verdicts are never visible
@@ -82,7 +82,7 @@ def test_lost_redis_state_is_rebuilt_from_the_log(
     wait_caught_up(settings, workers=[second])
     assert second.stop() == 0
     assert second.logged("replaying partition to rebuild state") > 0
-    assert_same_verdicts(dedup(verdicts(settings)), expected)
+    assert_same_verdicts(dedup(settled_verdicts(settings, len(expected))), expected)
 
 
 def test_redis_losing_state_under_a_running_worker_is_detected_and_replayed(
@@ -107,6 +107,6 @@ def test_redis_losing_state_under_a_running_worker_is_detected_and_replayed(
     wait_caught_up(settings, workers=[worker])
     assert worker.stop() == 0
     assert worker.logged("redis state is not what this worker wrote; recovering the partition") > 0
-    found = verdicts(settings)
+    found = settled_verdicts(settings, len(expected))
     assert_same_verdicts(dedup(found), expected)
     assert duplicates(found) == []

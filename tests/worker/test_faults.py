@@ -14,7 +14,7 @@ from tests.worker.harness import (
     dedup,
     duplicates,
     input_lag,
-    verdicts,
+    settled_verdicts,
     wait_caught_up,
     wait_caught_up_supervised,
     wait_until,
@@ -46,7 +46,7 @@ def test_two_workers_sharing_partitions_through_rebalances_give_the_fault_free_v
     wait_caught_up(settings, workers=[b])
     assert b.stop() == 0
 
-    found = verdicts(settings)
+    found = settled_verdicts(settings, len(expected))
     assert_same_verdicts(dedup(found), expected)
     assert duplicates(found) == []
     assert b.logged("partitions assigned") >= 2  # got some, then a's
@@ -69,7 +69,7 @@ def test_broker_restart_mid_stream_loses_no_verdict(
     # (confluentinc/librdkafka#5456): the worker then exits for its supervisor to restart it.
     worker = wait_caught_up_supervised(settings, worker, lambda: start_worker(settings, **SLOW))
     assert worker.stop() == 0
-    found = verdicts(settings)
+    found = settled_verdicts(settings, len(expected))
     assert_same_verdicts(dedup(found), expected)
     assert duplicates(found) == []
 
@@ -89,6 +89,6 @@ def test_redis_crash_mid_stream_with_persistence_loses_no_verdict(
     produce_deltas(settings, deltas[half:])
     wait_caught_up(settings, workers=[worker])
     assert worker.stop() == 0
-    found = verdicts(settings)
+    found = settled_verdicts(settings, len(expected))
     assert_same_verdicts(dedup(found), expected)
     assert duplicates(found) == []

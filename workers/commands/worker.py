@@ -14,7 +14,8 @@ _COMMON = (
     "device", "precision", "max_context_tokens", "metrics_port", "log_level", "log_text", "state_dir",
 )
 _STREAM = (
-    "redis_url", "state_ttl_s", "stream_group", "max_batch_tokens", "max_batch_wait_ms", "max_inflight_deltas",
+    "redis_url", "state_ttl_s", "stream_group", "worker_instance", "max_batch_tokens", "max_batch_wait_ms",
+    "max_inflight_deltas",
     "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes",
 )
 _GENERATIVE = ("generative_group", "gen_max_batch", "gen_concurrency", "max_text_bytes")

@@ -11,6 +11,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from rich import box
 from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
@@ -54,7 +55,7 @@ def wait_ready(proc: subprocess.Popen[bytes], port: int, log_path: Path, timeout
 
 
 def summary_table(outcomes: list[ConversationOutcome]) -> Table:
-    table = Table(title="guardstream demo: summary")
+    table = Table(title="guardstream demo: summary", box=box.SIMPLE_HEAD)
     for column in ("conversation", "language", "prompt", "response", "flags", "tokens", "outcome"):
         table.add_column(column, no_wrap=True)
     for conv in outcomes:

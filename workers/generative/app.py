@@ -10,10 +10,12 @@ threads (:mod:`workers.generative.batcher`); one final Verdict per message goes 
 Crash safety (at-least-once, duplicates identical):
 - The stream is consumed without automatic acks. An event is acked only once its effects are
   durable: its table write delivered to the changelog, every ruling it triggered delivered to
-  ``guard.verdicts``, its DLQ record delivered. faust commits the highest offset below which
-  everything is acked. So a committed offset never passes a chunk missing from the changelog or
-  a message whose ruling was not delivered. (Table writes bypass ``table[key] = value``: faust's
-  commit-time flush can give up with changelog writes still buffered; see ``_store``.)
+  ``guard.verdicts``, its DLQ record delivered; and acks go out in offset order per partition
+  (faust 0.15 can commit past a single unacked offset when acks arrive out of order). faust
+  commits the highest offset below which everything is acked. So a committed offset never passes
+  a chunk missing from the changelog or a message whose ruling was not delivered. (Table writes
+  bypass ``table[key] = value``: faust's commit-time flush can give up with changelog writes
+  still buffered; see ``_store``.)
 - After SIGKILL the table comes back from its changelog (possibly ahead of the committed
   offset) and the uncommitted events are replayed. Applying a delta is idempotent; a replayed
   event re-triggers every complete message that is not marked ruled, so a ruling that was lost
@@ -41,8 +43,9 @@ import contextlib
 import functools
 import signal
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
@@ -77,6 +80,12 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+@dataclass
+class _AckEntry:
+    event: Any
+    done: bool = False
+
+
 class ConversationRuler:
     """Per-event logic of the faust agent: assemble, schedule rulings, emit verdicts, ack."""
 
@@ -94,6 +103,7 @@ class ConversationRuler:
         self._delivered: dict[bytes, set[int]] = defaultdict(set)   # delivered, not yet marked in the table
         self._capacity = asyncio.Semaphore(max(1, settings.gen_max_batch * settings.gen_concurrency * 4))
         self._ackers: set[asyncio.Future[None]] = set()
+        self._ack_order: dict[Any, deque[_AckEntry]] = defaultdict(deque)
 
     # --- the agent's entry point ----------------------------------------------------------------
     async def on_event(self, event: Any) -> None:
@@ -102,7 +112,7 @@ class ConversationRuler:
             delta = decode_delta(event.value, self.settings.max_text_bytes)
         except MessageError as exc:
             await self._dead_letter(event, str(exc), None)
-            event.ack()
+            self._ack_when_done(event, [])
             return
         key = delta.conversation_id.encode("utf-8")
         draft = decode_draft(self.table.get(key))
@@ -199,24 +209,40 @@ class ConversationRuler:
         return changed
 
     def _ack_when_done(self, event: Any, pending: Sequence[Any]) -> None:
+        """Ack ``event`` once ``pending`` is done, and never before the partition's earlier events.
+
+        In-order acks per partition: faust 0.15's commit logic can step over a single unacked
+        offset when the one after it is acked (and checks nothing while the committed offset is
+        0), so out-of-order acks could commit past a message whose ruling never landed.
+        """
+        entry = _AckEntry(event)
+        queue = self._ack_order[event.message.tp]
+        queue.append(entry)
         if not pending:
-            event.ack()
+            entry.done = True
+            self._release_acks(queue)
             return
 
         async def ack_later() -> None:
             results = await asyncio.gather(*pending, return_exceptions=True)
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
-                # A verdict that could not be delivered: leave the event unacked so the offset is
-                # never committed past it and the next worker rules the message again.
-                log.error("verdict not delivered; its event stays uncommitted",
+                # Not delivered: the event and everything after it in its partition stay unacked,
+                # so the offset is never committed past it and the next worker redoes the work.
+                log.error("write not delivered; its event stays uncommitted",
                           extra={"error": repr(failures[0]), "offset": event.message.offset})
                 return
-            event.ack()
+            entry.done = True
+            self._release_acks(queue)
 
         task = asyncio.ensure_future(ack_later())
         self._ackers.add(task)
         task.add_done_callback(self._ackers.discard)
+
+    @staticmethod
+    def _release_acks(queue: deque[_AckEntry]) -> None:
+        while queue and queue[0].done:
+            queue.popleft().event.ack()
 
     async def _end_conversation(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft) -> None:
         # Rulings still running must land before the state goes: a replay after a crash could not

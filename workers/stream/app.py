@@ -29,8 +29,13 @@ log = logging.getLogger("guardstream.stream")
 
 
 def worker_name(settings: Settings) -> str:
-    """Unique per running instance: the transactional.id must never be shared by two live workers."""
-    return f"{settings.stream_group}-{socket.gethostname()}-{os.getpid()}"
+    """The transactional.id: never shared by two live workers.
+
+    A stable name (``worker_instance``) lets a restarted worker fence its crashed predecessor at
+    once (init_transactions aborts the open transaction, which otherwise holds back read-committed
+    readers of the verdict partitions until ``transaction.timeout.ms``).
+    """
+    return f"{settings.stream_group}-{settings.worker_instance or f'{socket.gethostname()}-{os.getpid()}'}"
 
 
 def model_files_dir(model: str) -> Path:
