@@ -21,9 +21,11 @@ from workers.stream.records import InputRecord, dlq_record
 
 log = logging.getLogger("guardstream.stream")
 
-# How many score/absorb rounds one batch may take; a scorer hands out all ready tokens at once,
-# so more than a couple of rounds means something is wrong, and we stop rather than spin.
-_MAX_ROUNDS = 8
+# A scorer hands out all ready tokens at once, except across a message boundary that follows an
+# assistant message: the next message waits for that history's re-render, one more round each.
+# So a batch needs at most 1 + (its deltas) rounds; past that something is wrong and we stop
+# rather than spin.
+_EXTRA_ROUNDS = 2
 
 PartitionId = tuple[str, int]
 
@@ -208,7 +210,8 @@ class BatchProcessor:
             self._fail(conv, f"internal error while applying deltas: {exc!r}", out, now_ms)
 
     def _score(self, convs: list[_Conversation], out: BatchOutcome, now_ms: int) -> None:
-        for _ in range(_MAX_ROUNDS):
+        max_rounds = _EXTRA_ROUNDS + sum(len(conv.deltas) for conv in convs)
+        for _ in range(max_rounds):
             ready: list[tuple[_Conversation, FeedRequest]] = []
             for conv in convs:
                 if conv.failed or conv.state is None:
