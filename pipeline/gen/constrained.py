@@ -32,13 +32,11 @@ def _byte_decoder() -> dict[str, int]:
     # Byte-level BPE spells every byte as a printable character; printable ASCII and most of
     # Latin-1 stand for themselves, the rest are shifted past 255 in byte order.
     direct = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars = list(direct)
     shifted = 0
     table = {chr(b): b for b in direct}
     for b in range(256):
         if b not in direct:
             table[chr(256 + shifted)] = b
-            chars.append(256 + shifted)
             shifted += 1
     return table
 

@@ -18,7 +18,10 @@ _STREAM = (
     "max_inflight_deltas",
     "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes",
 )
-_GENERATIVE = ("generative_group", "gen_max_batch", "gen_concurrency", "max_text_bytes")
+_GENERATIVE = (
+    "generative_group", "gen_max_batch", "gen_concurrency", "gen_threads", "max_batch_wait_ms", "max_text_bytes",
+    "replication_factor",
+)
 
 
 def register(sub: Any) -> None:
