@@ -38,7 +38,6 @@ consumer retracts or flags the already-shown text. Both verdicts stay visible si
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import functools
 import signal
@@ -49,6 +48,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
+from pipeline.dlq import dlq_record, reason_class
 from pipeline.errors import UserError
 from pipeline.gen.moderator import GenModerator, GenRuling
 from pipeline.gen.render import ModerationRequest
@@ -267,21 +267,12 @@ class ConversationRuler:
 
     # --- dead letters ------------------------------------------------------------------------
     async def _dead_letter(self, event: Any, reason: str, conversation_id: str | None) -> None:
-        self.metrics.dlq.labels(kind=reason.split(":")[0][:40]).inc()
-        raw = event.value if isinstance(event.value, bytes | bytearray) else b""
-        key = event.key if isinstance(event.key, bytes | bytearray) else None
-        try:
-            text: str | None = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            text = None
+        self.metrics.dlq.labels(kind=reason_class(reason)).inc()
+        raw = bytes(event.value) if isinstance(event.value, bytes | bytearray) else b""
+        key = bytes(event.key) if isinstance(event.key, bytes | bytearray) else None
         message = event.message
-        await self._send_dlq(DlqRecord(
-            reason=reason, source_topic=message.topic, source_partition=message.partition,
-            source_offset=message.offset, original_b64=base64.b64encode(bytes(raw)).decode("ascii"),
-            ts_ms=_now_ms(), worker=WORKER_NAME,
-            original_key=bytes(key).decode("utf-8", "replace") if key is not None else None,
-            original_text=text, conversation_id=conversation_id,
-        ))
+        await self._send_dlq(dlq_record(reason, raw, message.topic, message.partition, message.offset, WORKER_NAME,
+                                        _now_ms(), key=key, conversation_id=conversation_id))
         log.warning("dead letter", extra={"reason": reason, "partition": message.partition, "offset": message.offset})
 
     async def _send_dlq(self, record: DlqRecord) -> None:

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from pipeline.dlq import dlq_record
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
 from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
 from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta
-from workers.stream.records import InputRecord, dlq_record
+from workers.stream.records import InputRecord
 
 log = logging.getLogger("guardstream.stream")
 

@@ -20,12 +20,13 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.dlq import reason_class
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
-from workers.stream.records import InputRecord, reason_class
+from workers.stream.records import InputRecord
 from workers.stream.recovery import recover_partition
 
 log = logging.getLogger("guardstream.stream")
