@@ -246,10 +246,10 @@ class ReferenceModerator:
                  max_context_tokens: int = 8192) -> ReferenceModerator:
         """Load the checkpoint and its tokenizer from ``folder`` (fp32 on CPU unless told otherwise)."""
         from pipeline.model.checkpoint import load_stream_model
-        from pipeline.tokens.files import load_qwen3_tokenizer
+        from pipeline.tokens.files import load_model_tokenizer
 
         model, config = load_stream_model(str(folder), dtype=precision, device=device)
-        tokenizer = load_qwen3_tokenizer(folder if (folder / "tokenizer.json").is_file() else None)
+        tokenizer = load_model_tokenizer(folder)
         return cls(model, tokenizer, LabelMaps.from_config(config), policies, model_name,
                    include_token_labels=include_token_labels, max_context_tokens=max_context_tokens)
 

@@ -58,13 +58,12 @@ class Replayer:
     def from_dir(cls, folder: Path, engine: StreamEngine, policies: PolicyBook, model_name: str, *,
                  include_token_labels: bool = False, max_context_tokens: int = 8192) -> Replayer:
         """A replayer with the tokenizer and label maps of the model directory ``folder``."""
-        import json
-
-        from pipeline.tokens.files import load_qwen3_tokenizer
+        from pipeline.jsonfiles import read_json_object
+        from pipeline.tokens.files import load_model_tokenizer
 
         config_file = folder / "config.json"
-        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.is_file() else {}
-        tokenizer = load_qwen3_tokenizer(folder if (folder / "tokenizer.json").is_file() else None)
+        config = read_json_object(config_file) if config_file.is_file() else {}
+        tokenizer = load_model_tokenizer(folder)
         scorer = Scorer(tokenizer, LabelMaps.from_config(config), policies, model_name,
                         include_token_labels=include_token_labels, max_context_tokens=max_context_tokens)
         return cls(scorer, engine)

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.errors import UserError
 from pipeline.gen.template import gen_chat_template
+from pipeline.jsonfiles import read_json_object
 from pipeline.tokens.files import TOKENIZER_FILES, qwen3_tokenizer_dir
 
 GEN_ARCHITECTURE = "Qwen3ForCausalLM"
@@ -132,29 +133,19 @@ class GenModel:
     pad_token_id: int
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object")
-    return data
-
-
 def _check_gen_dir(folder: Path) -> dict[str, Any]:
     config_file = folder / "config.json"
     if not config_file.is_file():
         raise UserError(f"{folder} has no config.json; make a Gen checkpoint with "
                         "'guardstream model init-random --arch gen --out DIR' or pass Qwen/Qwen3Guard-Gen-0.6B")
-    config = _read_json(config_file)
+    config = read_json_object(config_file)
     architectures = config.get("architectures") or []
     if GEN_ARCHITECTURE not in architectures:
         raise UserError(f"{config_file} declares architectures {architectures}; the generative worker needs a "
                         f"Qwen3Guard-Gen checkpoint ([\"{GEN_ARCHITECTURE}\"]), not a Stream one")
     tok_config = folder / "tokenizer_config.json"
     has_template = (folder / "chat_template.jinja").is_file() or (
-        tok_config.is_file() and "chat_template" in _read_json(tok_config))
+        tok_config.is_file() and "chat_template" in read_json_object(tok_config))
     if not has_template:
         raise UserError(f"{folder} has no chat template (tokenizer_config.json chat_template or chat_template.jinja); "
                         "a Gen checkpoint's template carries the guard instruction and is required")
@@ -197,7 +188,8 @@ def load_gen_model(model: str, device: str = "auto", dtype: str = "auto") -> Gen
     lm: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     lm = lm.to(device=chosen_device)
     lm.eval()
-    generation = _read_json(folder / "generation_config.json") if (folder / "generation_config.json").is_file() else {}
+    generation_file = folder / "generation_config.json"
+    generation = read_json_object(generation_file) if generation_file.is_file() else {}
     eos = generation.get("eos_token_id", config.get("eos_token_id", EOS_TOKEN_IDS[0]))
     eos_ids = tuple(eos) if isinstance(eos, list) else (int(eos),)
     pad = generation.get("pad_token_id", tokenizer.pad_token_id if tokenizer.pad_token_id is not None else PAD_TOKEN_ID)

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import save_file
 
 from pipeline.errors import UserError
+from pipeline.jsonfiles import read_json_object
 from pipeline.model.presets import ARCHITECTURE
 from pipeline.tokens.files import TOKENIZER_FILES, qwen3_tokenizer_dir
 
@@ -76,12 +77,7 @@ def read_stream_config(folder: Path) -> dict[str, Any]:
             f"{folder} has no {CONFIG_FILE}: it is not a Qwen3Guard-Stream checkpoint "
             "(make one with: guardstream model init-random --arch stream --out DIR)"
         )
-    try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{file} is not valid JSON: {exc}") from None
-    if not isinstance(config, dict):
-        raise UserError(f"{file} must hold a JSON object")
+    config = read_json_object(file)
     architectures = config.get("architectures") or []
     if ARCHITECTURE not in architectures:
         hint = " (a Qwen3Guard-Gen checkpoint? the generative worker loads those)" if architectures else ""

@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import re
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.stack.probes import kafka_answers
-from pipeline.stack.process import PidFile, start_detached, stop_pid, tail
+from pipeline.stack.process import PidFile, start_detached, stop_recorded, tail, wait_until_answers
 from pipeline.stack.tools import require_java, require_program
 
 POM = Path(__file__).resolve().parents[2] / "deploy" / "kafka" / "pom.xml"
@@ -125,13 +124,7 @@ class LocalKafka:
 
     def stop(self, timeout_s: float = 30.0, *, hard: bool = False) -> bool:
         """Stop the broker this state directory started; False when none was running."""
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.remove()
-            return False
-        stop_pid(pid, timeout_s, hard=hard)
-        self.pid_file.remove()
-        return True
+        return stop_recorded(self.pid_file, timeout_s, hard=hard)
 
     # --- preparation ----------------------------------------------------------------------
     def ensure_jars(self) -> None:
@@ -206,14 +199,9 @@ class LocalKafka:
             raise UserError(f"formatting Kafka storage in {self.data_dir} failed:\n{output}")
 
     def _wait_until_answers(self, pid: int, wait_s: float) -> None:
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.pid() != pid:
-                self.pid_file.remove()
-                raise UserError(f"Kafka exited during startup; last lines of {self.log_file}:\n{tail(self.log_file)}")
-            if self.answers(2.0):
-                return
-            time.sleep(0.3)
+        if wait_until_answers("Kafka", pid, self.pid_file, self.log_file, lambda: self.answers(2.0), wait_s,
+                              poll_s=0.3):
+            return
         raise UserError(
             f"Kafka did not answer on {self.bootstrap} within {wait_s:.0f} s (still running as PID {pid}); "
             f"see {self.log_file}:\n{tail(self.log_file)}"

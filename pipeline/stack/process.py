@@ -11,9 +11,11 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.errors import UserError
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -127,6 +129,36 @@ def stop_pid(pid: int, timeout_s: float, *, hard: bool = False) -> None:
     except ProcessLookupError:
         return
     wait_exit(pid, 10.0)
+
+
+def stop_recorded(pid_file: PidFile, timeout_s: float, *, hard: bool = False) -> bool:
+    """Stop the process ``pid_file`` records (see :func:`stop_pid`); False when none was running."""
+    pid = pid_file.read()
+    if pid is None:
+        pid_file.remove()
+        return False
+    stop_pid(pid, timeout_s, hard=hard)
+    pid_file.remove()
+    return True
+
+
+def wait_until_answers(
+    name: str, pid: int, pid_file: PidFile, log_file: Path, answers: Callable[[], bool], wait_s: float, poll_s: float
+) -> bool:
+    """Poll ``answers`` until it says yes (True) or ``wait_s`` passes (False).
+
+    A process that exits meanwhile is a UserError carrying the end of its log: waiting on would
+    only turn a clear startup failure into a vague timeout.
+    """
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if pid_file.read() != pid:
+            pid_file.remove()
+            raise UserError(f"{name} exited during startup; last lines of {log_file}:\n{tail(log_file)}")
+        if answers():
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def wait_exit(pid: int, timeout_s: float) -> bool:

@@ -7,13 +7,12 @@ about a second of conversation state, which workers rebuild from Kafka offsets.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import UserError
 from pipeline.stack.probes import redis_answers
-from pipeline.stack.process import PidFile, start_detached, stop_pid, tail
+from pipeline.stack.process import PidFile, start_detached, stop_recorded, wait_until_answers
 from pipeline.stack.tools import require_program
 
 
@@ -77,22 +76,10 @@ class LocalRedis:
         conf = self.home / "redis.conf"
         conf.write_text(self.config())
         pid = start_detached([str(server), str(conf)], self.log_file, self.pid_file, cwd=self.home)
-        deadline = time.monotonic() + wait_s
-        while time.monotonic() < deadline:
-            if self.pid() != pid:
-                self.pid_file.remove()
-                raise UserError(f"redis-server exited during startup; last lines of {self.log_file}:\n"
-                                f"{tail(self.log_file)}")
-            if self.answers(0.5):
-                return pid
-            time.sleep(0.1)
+        if wait_until_answers("redis-server", pid, self.pid_file, self.log_file, lambda: self.answers(0.5),
+                              wait_s, poll_s=0.1):
+            return pid
         raise UserError(f"Redis did not answer on {self.url} within {wait_s:.0f} s; see {self.log_file}")
 
     def stop(self, timeout_s: float = 20.0, *, hard: bool = False) -> bool:
-        pid = self.pid()
-        if pid is None:
-            self.pid_file.remove()
-            return False
-        stop_pid(pid, timeout_s, hard=hard)
-        self.pid_file.remove()
-        return True
+        return stop_recorded(self.pid_file, timeout_s, hard=hard)

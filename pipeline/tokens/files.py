@@ -34,3 +34,8 @@ def load_qwen3_tokenizer(folder: Path | None = None) -> Tokenizer:
     if not path.is_file():
         raise UserError(f"{path} not found: the model directory must contain the tokenizer files")
     return Tokenizer.from_file(str(path))
+
+
+def load_model_tokenizer(model_dir: Path) -> Tokenizer:
+    """The tokenizer a model directory ships with, else the stock Qwen3 one (random checkpoints carry none)."""
+    return load_qwen3_tokenizer(model_dir if (model_dir / "tokenizer.json").is_file() else None)

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from pipeline.config import settings_markdown_table
-from workers.cli import COMMAND_MODULES, build_parser
+from workers.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -37,7 +37,6 @@ def test_every_command_the_readme_lists_is_registered() -> None:
     sub = next(a for a in parser._actions if a.dest == "command")
     registered = set(sub.choices)  # type: ignore[arg-type]
     assert listed <= registered, f"README lists commands the CLI lacks: {listed - registered}"
-    assert len(COMMAND_MODULES) >= 10
 
 
 def test_ci_runs_the_readme_test_command() -> None:

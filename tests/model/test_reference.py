@@ -75,6 +75,8 @@ def test_reference_logits_equal_a_plain_forward(tiny_model: Any) -> None:
         out = tiny_model(torch.tensor([ids]))
     got = reference_logits(tiny_model, ids)
     assert (got.risk_logits == out.risk_level_logits[0].numpy()).all()
+    assert (got.category_logits == out.category_logits[0].numpy()).all()
+    assert (got.query_risk_logits == out.query_risk_level_logits[0].numpy()).all()
     assert (got.query_category_logits == out.query_category_logits[0].numpy()).all()
 
 

@@ -54,7 +54,6 @@ def test_sigkill_mid_stream_then_restart_gives_the_fault_free_verdicts(
     assert_same_verdicts(dedup(found), expected,  # dedup itself fails on two contents under one id
                          [(r.reason, r.source_partition, r.source_offset) for r in dlq_records(settings)])
     assert duplicates(found) == []  # transactions: a crashed batch's verdicts are never visible
-    assert last.logged("replaying partition to rebuild state") + last.logged("partitions assigned") > 0
 
 
 def test_lost_redis_state_is_rebuilt_from_the_log(

@@ -138,9 +138,9 @@ def _announce_model(console: Console, model: DemoModel) -> None:
 async def _play(settings: Settings, console: Console, model: DemoModel, conversations: int,
                 token_delay_s: float) -> list[ConversationOutcome]:
     from pipeline.client import GuardClient
-    from pipeline.tokens.files import load_qwen3_tokenizer
+    from pipeline.tokens.files import load_model_tokenizer
 
-    tokenizer = load_qwen3_tokenizer(model.export_dir if (model.export_dir / "tokenizer.json").is_file() else None)
+    tokenizer = load_model_tokenizer(model.export_dir)
     chosen = [SAMPLES[i % len(SAMPLES)] for i in range(conversations)]
     run_id = time.strftime("%H%M%S")
     outcomes = []

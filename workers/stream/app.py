@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import faulthandler
-import json
 import logging
 import os
 import signal
@@ -16,11 +15,12 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.jsonfiles import read_json_object
 from pipeline.labels import LabelMaps
 from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
 from pipeline.state.store import StateStore
-from pipeline.tokens.files import load_qwen3_tokenizer
+from pipeline.tokens.files import load_model_tokenizer
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchProcessor
 from workers.stream.worker import StreamWorker
@@ -51,8 +51,8 @@ def model_files_dir(model: str) -> Path:
 def load_labels_and_tokenizer(model: str) -> tuple[LabelMaps, Any]:
     folder = model_files_dir(model)
     config_path = folder / "config.json"
-    config = json.loads(config_path.read_text()) if config_path.is_file() else {}
-    tokenizer = load_qwen3_tokenizer(folder if (folder / "tokenizer.json").is_file() else None)
+    config = read_json_object(config_path) if config_path.is_file() else {}
+    tokenizer = load_model_tokenizer(folder)
     return LabelMaps.from_config(config), tokenizer
 
 
