@@ -17,12 +17,12 @@ from safetensors import safe_open
 from transformers.models.qwen3.modeling_qwen3 import Qwen3RotaryEmbedding
 
 from pipeline.errors import UserError
+from pipeline.model.hub import resolve_model_dir
 from pipeline.model.layout import (
     DEFAULT_MAX_SHARD_BYTES,
     copy_tokenizer_files,
     read_stream_config,
     resolve_device,
-    resolve_model_dir,
     torch_dtype,
     weight_files,
     write_config,

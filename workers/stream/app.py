@@ -43,7 +43,7 @@ def model_files_dir(model: str) -> Path:
     folder = Path(model)
     if folder.is_dir():
         return folder
-    from pipeline.model.checkpoint import resolve_model_dir
+    from pipeline.model.hub import resolve_model_dir
 
     return resolve_model_dir(model)
 
