@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+from pipeline.jsonfiles import read_json_object
 
 RISK_LEVELS: tuple[str, ...] = ("Safe", "Unsafe", "Controversial")
 RESPONSE_CATEGORIES: tuple[str, ...] = (
@@ -84,3 +87,9 @@ class LabelMaps:
             "query_risk_level_map": as_map(self.query_risk),
             "query_category_map": as_map(self.query_category),
         }
+
+
+def read_label_maps(model_dir: Path) -> LabelMaps:
+    """The label maps of a checkpoint or ONNX export directory: its config.json's, else the defaults."""
+    config_file = model_dir / "config.json"
+    return LabelMaps.from_config(read_json_object(config_file) if config_file.is_file() else {})

@@ -16,7 +16,7 @@ import msgspec
 from pipeline.chunking import chunk_text
 from pipeline.conversations import Conversation, Message
 from pipeline.engine.types import StreamEngine
-from pipeline.labels import LabelMaps
+from pipeline.labels import read_label_maps
 from pipeline.policy import PolicyBook
 from pipeline.scoring.scorer import Scorer
 from pipeline.scoring.state import Rejection, SourceRef
@@ -58,13 +58,9 @@ class Replayer:
     def from_dir(cls, folder: Path, engine: StreamEngine, policies: PolicyBook, model_name: str, *,
                  include_token_labels: bool = False, max_context_tokens: int = 8192) -> Replayer:
         """A replayer with the tokenizer and label maps of the model directory ``folder``."""
-        from pipeline.jsonfiles import read_json_object
         from pipeline.tokens.files import load_model_tokenizer
 
-        config_file = folder / "config.json"
-        config = read_json_object(config_file) if config_file.is_file() else {}
-        tokenizer = load_model_tokenizer(folder)
-        scorer = Scorer(tokenizer, LabelMaps.from_config(config), policies, model_name,
+        scorer = Scorer(load_model_tokenizer(folder), read_label_maps(folder), policies, model_name,
                         include_token_labels=include_token_labels, max_context_tokens=max_context_tokens)
         return cls(scorer, engine)
 

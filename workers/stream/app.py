@@ -15,8 +15,7 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
-from pipeline.jsonfiles import read_json_object
-from pipeline.labels import LabelMaps
+from pipeline.labels import LabelMaps, read_label_maps
 from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
 from pipeline.state.store import StateStore
@@ -50,10 +49,7 @@ def model_files_dir(model: str) -> Path:
 
 def load_labels_and_tokenizer(model: str) -> tuple[LabelMaps, Any]:
     folder = model_files_dir(model)
-    config_path = folder / "config.json"
-    config = read_json_object(config_path) if config_path.is_file() else {}
-    tokenizer = load_model_tokenizer(folder)
-    return LabelMaps.from_config(config), tokenizer
+    return read_label_maps(folder), load_model_tokenizer(folder)
 
 
 def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None) -> StreamWorker:
