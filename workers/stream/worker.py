@@ -366,6 +366,18 @@ def _exit_hung(what: str) -> None:
     os._exit(EXIT_KAFKA_HUNG)
 
 
+def _may_retry(error: object) -> bool:
+    """Whether a failed transactional call may simply be repeated.
+
+    librdkafka documents a timed-out transactional call as safe to retry, but after a broker
+    restart it raised _TIMED_OUT from send_offsets_to_transaction without the retriable flag (seen
+    in CI), which crashed the worker; so a timeout counts as retriable here.
+    """
+    if not isinstance(error, KafkaError) or error.fatal():
+        return False
+    return bool(error.retriable()) or error.code() == KafkaError._TIMED_OUT
+
+
 def _retrying(what: str, call: Callable[[], object], limit_s: float = 300.0) -> None:
     """Repeat a transactional call while librdkafka says the error is retriable (e.g. broker restart).
 
@@ -384,7 +396,7 @@ def _retrying(what: str, call: Callable[[], object], limit_s: float = 300.0) -> 
             return
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
-            if not (isinstance(error, KafkaError) and error.retriable()) or time.monotonic() > deadline:
+            if not _may_retry(error) or time.monotonic() > deadline:
                 raise
             log.warning("kafka call failed, retrying", extra={"error": str(error)})
             time.sleep(0.5)
