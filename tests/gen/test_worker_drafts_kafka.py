@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
+from pipeline.kafka.clients import make_admin
 from schemas.messages import TokenDelta
 from tests.fixtures.stack import consume_all, produce_deltas
 from tests.gen.test_worker_kafka import WorkerProcess, _assert_valid, _wait_for_verdicts
@@ -101,3 +102,37 @@ def test_an_idle_draft_expires_and_its_records_are_tombstoned(gen_settings: Sett
     idle = [(split_record_key(k), v) for k, v in records if (split_record_key(k) or (b"",))[0] == b"conv-idle"]
     # 3 chunk records, their 3 tombstones, then the new draft's record 0.
     assert [v is None for _, v in idle] == [False] * 3 + [True] * 3 + [False]
+
+
+def _set_topic_config(settings: Settings, topic: str, name: str, value: str) -> None:
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    resource = ConfigResource("topic", topic, incremental_configs=[
+        ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)])
+    admin = make_admin(settings)     # held: the futures fail once the client is destroyed
+    for future in admin.incremental_alter_configs([resource]).values():
+        future.result(timeout=30)
+
+
+def test_a_changelog_write_the_broker_refuses_stops_the_worker_loudly_and_the_next_one_redoes_it(
+        gen_settings: Settings, tmp_path: Path) -> None:
+    changelog = f"{gen_settings.generative_group}-{TABLE_NAME}-changelog"
+    worker = WorkerProcess(gen_settings, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()          # the changelog topic exists from here on
+        _set_topic_config(gen_settings, changelog, "max.message.bytes", "300")
+        produce_deltas(gen_settings, [TokenDelta(conversation_id="conv-refused", message_index=0, role="user", seq=0,
+                                                 text="x" * 2000, final=True, tenant="acme")])
+        # Today's behaviour would be a partition that silently stops committing; the worker exits instead.
+        assert worker.proc.wait(180) == 75
+    finally:
+        worker.close()
+    assert "kafka write not delivered" in (tmp_path / "worker.log").read_text()
+    _set_topic_config(gen_settings, changelog, "max.message.bytes", "1048588")
+    restarted = WorkerProcess(gen_settings, tmp_path / "worker.log")
+    try:
+        restarted.wait_ready()
+        _wait_for_verdicts(gen_settings, {"conv-refused/0/generative/final/0"}, timeout_s=300)
+        assert restarted.terminate() == 0
+    finally:
+        restarted.close()
