@@ -229,17 +229,19 @@ def run_live(settings: Any, model_dir: str, count: int, worker_pythonpath: str, 
     suffix = uuid.uuid4().hex[:10]
     live = settings.replace(topic_in=f"bench-drafts-in-{suffix}", topic_verdicts=f"bench-drafts-verdicts-{suffix}",
                             topic_dlq=f"bench-drafts-dlq-{suffix}", generative_group=f"bench-drafts-{suffix}",
-                            partitions=1, model=model_dir)
+                            partitions=1, model=str(Path(model_dir).resolve()))
     changelog = f"{live.generative_group}-conversations-changelog"
     ensure_topics(live)
     port = _free_port()
     flags = {"--kafka-bootstrap": live.kafka_bootstrap, "--topic-in": live.topic_in,
              "--topic-verdicts": live.topic_verdicts, "--topic-dlq": live.topic_dlq,
-             "--generative-group": live.generative_group, "--model": model_dir, "--max-context-tokens": "1024",
+             "--generative-group": live.generative_group, "--model": live.model, "--max-context-tokens": "1024",
              "--device": "cpu", "--gen-threads": "1", "--metrics-port": str(port), "--log-level": "WARNING"}
     env = {**os.environ, "PYTHONPATH": worker_pythonpath or os.getcwd()}
+    # -m puts the working directory first on sys.path: run from the tree whose worker is measured.
     worker = subprocess.Popen([sys.executable, "-m", "workers.generative", *[x for kv in flags.items() for x in kv]],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              env=env, cwd=worker_pythonpath or None, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
     verdicts = make_consumer(live, f"bench-verdicts-{suffix}")
     try:
         deadline = time.monotonic() + 300
