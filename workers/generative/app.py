@@ -1,8 +1,10 @@
 """The generative worker: Qwen3Guard-Gen rulings on complete turns, as a faust-streaming app.
 
 Data flow: its own consumer group (``settings.generative_group``, also the faust app id) reads
-``guard.in``; deltas are assembled per conversation in a changelog-backed table (memory store,
-recovered from the changelog topic on restart; :mod:`workers.generative.assembly`); each
+``guard.in``; deltas are assembled per conversation into bounded drafts backed by an
+append-only changelog, one record per accepted delta (recovered from the changelog topic on
+restart, expired after ``gen_draft_idle_s`` without deltas; :mod:`workers.generative.assembly`,
+:mod:`workers.generative.drafts`); each
 complete user/assistant message is ruled by Gen through a dynamic batcher running the model in
 threads (:mod:`workers.generative.batcher`); one final Verdict per message goes to
 ``guard.verdicts``; undecodable or contradictory input goes to ``guard.in.dlq``.
@@ -25,8 +27,11 @@ Crash safety (at-least-once, duplicates identical):
   depend only on the conversation's content, see assembly), and ``verdict_id`` is
   ``{conversation}/{message}/generative/final/0``, so consumers dedupe on it. Scores are rounded
   to 3 decimals: a ruling recomputed in another batch shape differs only by float noise (~1e-6).
-- A conversation's "end" waits for its in-flight rulings before the table key is deleted, so a
+- A conversation's "end" waits for its in-flight rulings before the draft is deleted, so a
   replay after a crash can never rebuild a partial conversation whose rulings were not delivered.
+- A Kafka write that fails (changelog, verdict, DLQ) is logged and counted, and the worker exits
+  with EXIT_WRITE_FAILED: its event stays unacked, so a partition never stops committing
+  silently; the next worker redoes the event from the committed offset.
 
 Reconciliation with the stream worker (see docs/generative.md): both verdicts land on
 ``guard.verdicts`` for the same message with different ``source``. A consumer blocks if either
