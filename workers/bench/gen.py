@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[dim]bench gen[/]: {message}")
 
     if args.drafts:
-        from workers.bench.gen_drafts import run_drafts
+        from workers.bench.gen_drafts import LiveRun, run_drafts
 
         command = "guardstream bench gen --drafts" + (" --quick" if args.quick else "")
         if args.live:
@@ -97,7 +97,8 @@ def run(args: argparse.Namespace) -> int:
                                                  if args.worker_pythonpath else "")
         live = None
         if args.live:
-            live = (settings, _checkpoint(args, state_path(settings), say), args.live, args.worker_pythonpath, say)
+            live = LiveRun(settings, _checkpoint(args, state_path(settings), say), args.live, args.worker_pythonpath,
+                           say)
         run_drafts(args.out, args.quick, command, live)
         return 0
 
