@@ -463,6 +463,9 @@ def build_app(settings: Settings, partitions: int, store: DraftStore) -> tuple[A
         stream_wait_empty=False,
         producer_acks=-1,
         producer_max_request_size=CHANGELOG_RECORD_LIMIT,
+        # One changelog record per delta: a few ms of linger lets them share produce requests
+        # instead of one request each (a ruling's latency is tens of ms and more anyway).
+        producer_linger=0.005,
         # A standby copy of another worker's drafts would be a second unbounded store; recovery
         # from the changelog is what restores a partition.
         table_standby_replicas=0,
