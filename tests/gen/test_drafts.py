@@ -209,3 +209,13 @@ def test_a_ruling_on_an_elided_draft_reports_truncated_tokens(gen_moderator: Gen
     whole, elided = gen_moderator.rule([prompt_request("word " * 400), prompt_request(text, elided_chars=5000)])
     assert whole.truncated_tokens == 0
     assert 500 <= elided.truncated_tokens <= 5000     # ~1 token per "word " (5 characters)
+
+
+def test_the_worker_refuses_a_text_limit_whose_records_could_pass_the_kafka_limit() -> None:
+    from pipeline.config import Settings
+    from pipeline.errors import UserError
+    from workers.generative.app import check_limits
+
+    check_limits(Settings(max_text_bytes=CHANGELOG_RECORD_LIMIT - RECORD_OVERHEAD))
+    with pytest.raises(UserError, match="at most 995904"):
+        check_limits(Settings(max_text_bytes=CHANGELOG_RECORD_LIMIT))
