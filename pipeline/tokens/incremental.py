@@ -11,34 +11,57 @@ the unstable tail. A cut at character ``q`` of the held text is stable when:
    never composes with what precedes it; unassigned code points count as unstable);
 3. the pre-tokenizer cannot change any piece before it: ``q`` starts a piece, and every match
    attempt that started before ``q`` read only characters that already exist. The regex's greedy
-   runs (letters, digits, whitespace, other, a newline run after "other") decide how far it reads:
-   the run containing ``q`` (and the newline run after an "other" run) must end before the known
-   text does, and one more character must follow ``q`` (contractions read two characters ahead).
+   runs (letters, whitespace, other, a newline run after "other") decide how far it reads: the
+   run containing ``q`` (and the newline run after an "other" run) must end before the known text
+   does, and one more character must follow ``q`` (contractions read two characters ahead). A
+   number character is a piece of its own and no attempt reads past one, so a cut just before a
+   number is stable as soon as it is known, and so is a cut just after an ASCII digit that ends the
+   text (no character composes with a digit): digit runs stream out exactly, one token per digit.
    Characters whose class may differ between Python's and the tokenizer's Unicode tables count as
    belonging to every class, which only delays emission.
 
-Emitted tokens are therefore never retracted. Each feed costs O(held text + delta): the held tail is
-usually a word or so. A very long unbroken run (e.g. CJK without punctuation) is one pre-token and
-cannot be cut exactly before it ends; to keep the cost per delta bounded (and the worker safe from
-text built to make it quadratic), once more than ``max_held_chars`` are held the run is cut at a
-token boundary of its current tokenization, half that length before its end. Only such runs (over
-4,096 characters by default) may tokenize differently from the whole text, and only near the cut.
+Emitted tokens are therefore never retracted. See docs/token-stream.md for the rules in prose.
+
+Work per delta is bounded by the delta, whatever the text (see docs/token-stream.md, "Cost"):
+
+* a delta that only extends the run the held text ends with (more letters after letters, more
+  whitespace after whitespace, ...) cannot create a stable cut, so it is appended without looking
+  at the held text again;
+* otherwise the held text is examined again only while the state's scan budget allows it: each
+  delta earns ``SCAN_CREDIT_PER_DELTA`` plus ``SCAN_CREDIT_PER_CHAR`` per character, each
+  examination spends the held text's length. Ordinary text (a held tail of a word or so) never
+  runs out; text built so that nothing can be cut only delays emission, never changes a token;
+* the held text is capped (forced cut). A long unbroken run (CJK without punctuation, a line of
+  ``=``, megabytes of spaces or of combining marks) cannot be cut exactly before it ends: once more
+  than ``max_held_chars`` are held the run is cut about half that length before its end, at a token
+  boundary of the held text's own tokenization where NFC allows one (the result is then usually
+  still exact), else (runs of combining marks or unassigned code points, which NFC may reorder as a
+  whole) at that character, tokenizing the text before it as a text of its own. Only such runs
+  (over ``max_held_chars``, 4,096 by default) may tokenize differently from the whole text, and
+  only near the cut.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
 import unicodedata
 
 import msgspec
 
 from pipeline.tokens.text import TextTokenizer, TokenSpans
 
+MAX_HELD_CHARS = 4096
+MIN_HELD_CHARS = 64             # the cap must leave room for the longest added token still being typed
+SCAN_CREDIT_PER_DELTA = 64      # characters of held text a delta may have examined, plus ...
+SCAN_CREDIT_PER_CHAR = 4        # ... this many per character it brings
+SCAN_CREDIT_MAX = 4 * MAX_HELD_CHARS
+
 _LETTER, _NUMBER, _SPACE, _OTHER = 1, 2, 4, 8
 _ANY = _LETTER | _NUMBER | _SPACE | _OTHER
+_NEWLINES_ONLY = 16             # tail flag: the held whitespace run is only "\r"/"\n" (see _tail_kind)
 # Python's str.isspace and Unicode White_Space (what the tokenizer's regex means by \s) disagree here.
 _DOUBTFUL_SPACE = frozenset("\x1c\x1d\x1e\x1f\u180e")
+_ASCII_DIGITS = frozenset("0123456789")
 
 
 class IncrementalState(msgspec.Struct):
@@ -46,6 +69,11 @@ class IncrementalState(msgspec.Struct):
 
     pending: str = ""
     pending_start: int = 0   # character offset of ``pending`` in the whole text fed so far
+    # Class bits of the run ``pending`` ends with when a delta of that class cannot create a stable cut
+    # (0: unknown, look again). Derived from ``pending``: losing it only costs one examination.
+    tail: int = 0
+    # Characters of held text that may still be examined before more deltas arrive (see module docstring).
+    scan_credit: int = SCAN_CREDIT_PER_DELTA
 
 
 @functools.cache
@@ -63,6 +91,7 @@ def _composes_with_previous() -> frozenset[str]:
     return frozenset(found)
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def is_stable_starter(char: str) -> bool:
     """NFC output before this character does not depend on it or on anything after it."""
     if char.isascii():
@@ -74,6 +103,7 @@ def is_stable_starter(char: str) -> bool:
     return char not in backward and first not in backward and unicodedata.combining(first) == 0
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _char_class(char: str) -> int:
     if char in _DOUBTFUL_SPACE:
         return _ANY
@@ -89,60 +119,102 @@ def _char_class(char: str) -> int:
     return _OTHER
 
 
-def _pieces_final_before(text: str, cut: int) -> bool:
-    """Condition 3 of the module docstring for a piece start ``cut`` in normalized ``text``."""
-    size = len(text)
-    if cut + 1 >= size:
-        return False
-    cls = _char_class(text[cut])
-    if cls == _ANY:
-        return False
-    end = cut + 1
-    while end < size and _char_class(text[end]) & cls:
-        end += 1
-    if end >= size:
-        return False
-    if cls == _OTHER:
-        while end < size and (text[end] in "\r\n" or _char_class(text[end]) == _ANY):
-            end += 1
-        if end >= size:
+def _suffix_start(text: str, end: int, keep: int) -> int:
+    """Start of the longest run ending at ``end`` whose characters all share a class bit with ``keep``."""
+    index = end
+    while index > 0 and _char_class(text[index - 1]) & keep:
+        index -= 1
+    return index
+
+
+def _newline_suffix_start(text: str, end: int) -> int:
+    index = end
+    while index > 0 and (text[index - 1] in "\r\n" or _char_class(text[index - 1]) == _ANY):
+        index -= 1
+    return index
+
+
+class _RunEnds:
+    """Condition 3 of the module docstring for piece starts in normalized ``text``, O(1) per query.
+
+    A run of class C starting at ``q`` ends before the text does iff some character after ``q``
+    lacks C, i.e. iff ``q + 1`` lies before the longest suffix made of C (doubtful characters count
+    as C). The suffixes are computed once, lazily, by walking back from the end.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.size = len(text)
+        self._suffix: dict[int, int] = {}
+        self._other_newline: int | None = None
+
+    def _start(self, cls: int) -> int:
+        if cls not in self._suffix:
+            self._suffix[cls] = _suffix_start(self.text, self.size, cls)
+        return self._suffix[cls]
+
+    def pieces_final_before(self, cut: int) -> bool:
+        cls = _char_class(self.text[cut])
+        if cls == _NUMBER:
+            return True       # a number is a piece of its own: no attempt before it reads past it
+        if cls == _ANY or cut + 1 >= self.size:
             return False
-    return True
+        if cls == _OTHER:
+            # "other" runs swallow the newline run after them: the other-then-newlines suffix decides.
+            if self._other_newline is None:
+                self._other_newline = _suffix_start(self.text, _newline_suffix_start(self.text, self.size), _OTHER)
+            return cut + 1 < self._other_newline
+        return cut + 1 < self._start(cls)
 
 
 class IncrementalTokenizer:
     """Stateless engine over :class:`IncrementalState`; one instance serves all conversations."""
 
-    def __init__(self, text: TextTokenizer, max_held_chars: int = 4096) -> None:
+    def __init__(self, text: TextTokenizer, max_held_chars: int = MAX_HELD_CHARS) -> None:
+        if max_held_chars < MIN_HELD_CHARS:
+            raise ValueError(f"max_held_chars must be at least {MIN_HELD_CHARS}, got {max_held_chars}")
         self.text = text
         self.max_held_chars = max_held_chars
         self._added = text.matched_added_tokens
-        self._added_first = frozenset(t[0] for t in self._added)
+        self._added_first = "".join(sorted({t[0] for t in self._added}))
+        self._added_longest = max((len(t) for t in self._added), default=0)
         self._pre = text.template.pre_tokenizer
 
     def feed(self, state: IncrementalState, delta: str) -> TokenSpans:
         """Append ``delta``; return the newly stable tokens with spans in the whole text."""
+        if not delta:
+            return TokenSpans([], [])
         state.pending += delta
-        cut = self._stable_cut(state.pending)
-        if len(state.pending) - cut > self.max_held_chars:
-            cut = self._forced_cut(state.pending, cut)
-        return self._emit(state, cut)
+        state.scan_credit = min(
+            state.scan_credit + SCAN_CREDIT_PER_DELTA + SCAN_CREDIT_PER_CHAR * len(delta), SCAN_CREDIT_MAX,
+        )
+        over_cap = len(state.pending) > self.max_held_chars
+        if not over_cap:
+            if state.tail and self._extends_tail(state.tail, delta):
+                return TokenSpans([], [])
+            if state.scan_credit < len(state.pending):
+                state.tail = 0    # not examined: the tail is no longer known to be cut-free
+                return TokenSpans([], [])
+        state.scan_credit -= len(state.pending)
+        raw = state.pending
+        segment_start, limit = self._added_token_layout(raw)
+        cut = self._stable_cut(raw, segment_start, limit)
+        if len(raw) - cut > self.max_held_chars:
+            return self._emit_forced(state, cut, limit)
+        emitted = self._emit(state, cut)
+        state.tail = self._tail_kind(state.pending, arriving=limit < len(raw))
+        return emitted
 
     def finish(self, state: IncrementalState) -> TokenSpans:
         """The text is complete: emit everything still held."""
+        state.tail = 0
         return self._emit(state, len(state.pending))
 
-    def _forced_cut(self, raw: str, cut: int) -> int:
-        """A token start about half ``max_held_chars`` before the end (see the module docstring)."""
-        target = len(raw) - self.max_held_chars // 2
-        for start, _ in reversed(self.text.encode_text_spans(raw).spans):
-            if cut < start <= target and is_stable_starter(raw[start]):
-                return start
-        return cut
-
+    # -- cutting ----------------------------------------------------------------------------------
     def _emit(self, state: IncrementalState, cut: int) -> TokenSpans:
         if cut <= 0:
             return TokenSpans([], [])
+        state.scan_credit -= len(state.pending)
         # Encode with the text that follows the cut: tokenizing the prefix alone would let the regex see
         # end-of-text at the cut (``\s+(?!\S)`` keeps "  " whole there but splits it before "4").
         encoded = self.text.encode_text_spans(state.pending)
@@ -153,40 +225,130 @@ class IncrementalTokenizer:
         state.pending_start += cut
         return TokenSpans(encoded.ids[:count], spans)
 
+    def _emit_forced(self, state: IncrementalState, cut: int, limit: int) -> TokenSpans:
+        """Cut a run longer than ``max_held_chars`` about half that before its end (module docstring)."""
+        raw = state.pending
+        target = min(len(raw) - self.max_held_chars // 2, limit)
+        state.scan_credit -= len(raw)
+        encoded = self.text.encode_text_spans(raw)
+        forced = next(
+            (s for s, _ in reversed(encoded.spans) if cut < s <= target and is_stable_starter(raw[s])), None,
+        )
+        base = state.pending_start
+        if forced is not None:
+            # A token boundary of the held text's own tokenization, where NFC splits: the tokens before it
+            # are the held text's tokens, so a run that BPE splits regularly stays exact.
+            count = sum(1 for start, _ in encoded.spans if start < forced)
+            ids, spans = encoded.ids[:count], encoded.spans[:count]
+        else:
+            # No such boundary (combining marks, unassigned code points): the text before ``target`` is
+            # tokenized as a text of its own.
+            forced = target
+            count = sum(1 for start, _ in encoded.spans if start < cut)
+            alone = self.text.encode_text_spans(raw[cut:forced])
+            ids = encoded.ids[:count] + alone.ids
+            spans = encoded.spans[:count] + [(cut + a, cut + b) for a, b in alone.spans]
+        state.pending = raw[forced:]
+        state.pending_start += forced
+        state.tail = 0
+        return TokenSpans(ids, [(base + a, base + b) for a, b in spans])
+
     def _added_token_layout(self, raw: str) -> tuple[int, int]:
         """(start of the last segment free of added tokens, end of the text safe from added tokens)."""
-        segment_start, index, size = 0, 0, len(raw)
+        segment_start, size = 0, len(raw)
+        if not self._added:
+            return 0, size
+        index = self._next_added_start(raw, 0)
         while index < size:
-            if raw[index] in self._added_first:
-                rest = raw[index:]
-                if any(len(t) > len(rest) and t.startswith(rest) for t in self._added):
-                    return segment_start, index          # an added token may be arriving here
-                matched = max((t for t in self._added if rest.startswith(t)), key=len, default=None)
-                if matched is not None:
-                    index += len(matched)
-                    segment_start = index
-                    continue
-            index += 1
+            rest = raw[index:index + self._added_longest + 1]
+            if len(rest) <= self._added_longest and any(len(t) > len(rest) and t.startswith(rest) for t in self._added):
+                return segment_start, index          # an added token may be arriving here
+            matched = max((t for t in self._added if rest.startswith(t)), key=len, default=None)
+            if matched is not None:
+                segment_start = index + len(matched)
+                index = self._next_added_start(raw, segment_start)
+            else:
+                index = self._next_added_start(raw, index + 1)
         return segment_start, size
 
-    def _stable_cut(self, raw: str) -> int:
-        segment_start, limit = self._added_token_layout(raw)
+    def _next_added_start(self, raw: str, start: int) -> int:
+        found = [i for i in (raw.find(ch, start) for ch in self._added_first) if i >= 0]
+        return min(found, default=len(raw))
+
+    def _stable_cut(self, raw: str, segment_start: int, limit: int) -> int:
         region = raw[segment_start:limit]
-        ascii_only = region.isascii()
-        starters = range(len(region)) if ascii_only else [i for i, ch in enumerate(region) if is_stable_starter(ch)]
-        # Unless an added token follows, the last cluster may still absorb combining marks: only the text
-        # before it is normalized for good.
-        final_end = (starters[-1] if len(starters) else 0) if limit == len(raw) else len(region)
-        if ascii_only:
-            normalized = region[:final_end]
-            to_raw = {i: i for i in range(final_end)}
+        if not region:
+            return segment_start
+        if limit < len(raw):
+            final_end = len(region)          # the arriving added token starts with a stable starter
         else:
-            normalized, to_raw = "", {}
-            bounds = sorted({0, *(b for b in starters if b < final_end), final_end})
-            for a, b in itertools.pairwise(bounds):
-                to_raw[len(normalized)] = a
-                normalized += unicodedata.normalize("NFC", region[a:b])
+            # The last cluster may still absorb combining marks: only the text before it is final.
+            final_end = len(region) - 1
+            while final_end > 0 and not is_stable_starter(region[final_end]):
+                final_end -= 1
+            last = region[final_end]
+            if last in _ASCII_DIGITS and final_end == len(region) - 1:
+                return limit                 # a trailing ASCII digit is a final piece (module docstring)
+            if final_end > 0 and _char_class(last) == _NUMBER and is_stable_starter(last):
+                return segment_start + final_end
+        head = region[:final_end]
+        to_raw: dict[int, int] | None = None
+        if head.isascii() or unicodedata.is_normalized("NFC", head):
+            normalized = head
+        else:
+            to_raw = {}
+            parts: list[str] = []
+            length, previous = 0, 0
+            bounds = [i for i in range(1, final_end) if is_stable_starter(head[i])] + [final_end]
+            for bound in bounds:
+                to_raw[length] = previous
+                piece = unicodedata.normalize("NFC", head[previous:bound])
+                parts.append(piece)
+                length += len(piece)
+                previous = bound
+            normalized = "".join(parts)
+        runs = _RunEnds(normalized)
         for _, (start, _end) in reversed(self._pre.pre_tokenize_str(normalized)):
-            if start > 0 and start in to_raw and _pieces_final_before(normalized, start):
-                return segment_start + to_raw[start]
+            if start <= 0:
+                break
+            if to_raw is None:
+                if not is_stable_starter(normalized[start]):
+                    continue
+                position = start
+            elif start in to_raw:
+                position = to_raw[start]
+            else:
+                continue
+            if runs.pieces_final_before(start):
+                return segment_start + position
         return segment_start
+
+    # -- the cheap path ---------------------------------------------------------------------------
+    def _tail_kind(self, pending: str, *, arriving: bool) -> int:
+        """Class bits of ``pending``'s last run if a delta of that class cannot create a stable cut, else 0.
+
+        Such a delta can only lengthen that run: every possible cut inside the run needs the run to end,
+        and every position before it was already decided on known text, provided no added token is being
+        typed and NFC has already settled the text before the run (the run holds a stable starter).
+        Numbers never qualify: each one is a cut of its own.
+        """
+        if not pending or arriving:
+            return 0
+        cls = _char_class(pending[-1])
+        if cls not in (_LETTER, _SPACE, _OTHER):
+            return 0
+        start = _suffix_start(pending, len(pending), cls)
+        run = pending[start:]
+        if not any(is_stable_starter(ch) for ch in run):
+            return 0
+        if cls == _SPACE and all(ch in "\r\n" or _char_class(ch) == _ANY for ch in run):
+            # An "other" run before it still reads these newlines: only more newlines keep it undecided.
+            return cls | _NEWLINES_ONLY
+        return cls
+
+    def _extends_tail(self, tail: int, delta: str) -> bool:
+        if any(ch in delta for ch in self._added_first):
+            return False
+        if tail & _NEWLINES_ONLY:
+            return all(ch in "\r\n" or _char_class(ch) == _ANY for ch in delta)
+        return all(_char_class(ch) & tail for ch in delta)
