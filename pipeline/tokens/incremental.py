@@ -178,7 +178,6 @@ class IncrementalTokenizer:
         self._added = text.matched_added_tokens
         self._added_first = "".join(sorted({t[0] for t in self._added}))
         self._added_longest = max((len(t) for t in self._added), default=0)
-        self._pre = text.template.pre_tokenizer
 
     def feed(self, state: IncrementalState, delta: str) -> TokenSpans:
         """Append ``delta``; return the newly stable tokens with spans in the whole text."""
@@ -308,7 +307,7 @@ class IncrementalTokenizer:
                 previous = bound
             normalized = "".join(parts)
         runs = _RunEnds(normalized)
-        for _, (start, _end) in reversed(self._pre.pre_tokenize_str(normalized)):
+        for _, (start, _end) in reversed(self.text.pre_tokenize(normalized)):
             if start <= 0:
                 break
             if to_raw is None:
@@ -329,7 +328,8 @@ class IncrementalTokenizer:
 
         Such a delta can only lengthen that run: every possible cut inside the run needs the run to end,
         and every position before it was already decided on known text, provided no added token is being
-        typed and NFC has already settled the text before the run (the run holds a stable starter).
+        typed and NFC has already settled the text up to the run's first character (a stable starter
+        follows it).
         Numbers never qualify: each one is a cut of its own.
         """
         if not pending or arriving:
@@ -339,12 +339,22 @@ class IncrementalTokenizer:
             return 0
         start = _suffix_start(pending, len(pending), cls)
         run = pending[start:]
-        if not any(is_stable_starter(ch) for ch in run):
+        definite = [i for i, ch in enumerate(run) if _char_class(ch) == cls]
+        newlines_only = cls == _SPACE and all(run[i] in "\r\n" for i in definite)
+        # Runs before this one end at its first stable starter of exactly this class (doubtful characters
+        # extend every run, and marks may join the character before them), an "other" run's trailing
+        # newlines at its first whitespace that is not a newline. The cut conditions look only at text
+        # before the last stable starter: that character must be in it, so that every run before it is
+        # seen to end.
+        first = next(
+            (i for i in definite
+             if is_stable_starter(run[i]) and (newlines_only or cls != _SPACE or run[i] not in "\r\n")),
+            len(run),
+        )
+        if not any(is_stable_starter(ch) for ch in run[first + 1:]):
             return 0
-        if cls == _SPACE and all(ch in "\r\n" or _char_class(ch) == _ANY for ch in run):
-            # An "other" run before it still reads these newlines: only more newlines keep it undecided.
-            return cls | _NEWLINES_ONLY
-        return cls
+        # With newlines only, an "other" run before it still reads them: only more newlines keep it undecided.
+        return cls | _NEWLINES_ONLY if newlines_only else cls
 
     def _extends_tail(self, tail: int, delta: str) -> bool:
         if any(ch in delta for ch in self._added_first):

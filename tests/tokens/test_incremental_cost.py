@@ -1,0 +1,83 @@
+"""Work per delta is bounded by the delta: characters handed to the Qwen3 tokenizer grow linearly with the text.
+
+Counted, not timed: a tokenizer that counts the characters of every encode and pre-tokenize call.
+"""
+
+from __future__ import annotations
+
+import pytest
+from tokenizers import Tokenizer
+
+from pipeline.tokens.incremental import IncrementalState, IncrementalTokenizer
+from pipeline.tokens.text import TextTokenizer, TokenSpans
+from tests.tokens.scripts import long_run
+
+
+class CountingTokenizer(TextTokenizer):
+    """The real tokenizer, counting the characters passed to it."""
+
+    def __init__(self, tokenizer: Tokenizer) -> None:
+        super().__init__(tokenizer)
+        self.chars = 0
+        self.calls = 0
+
+    def encode_text_spans(self, text: str) -> TokenSpans:
+        self.chars += len(text)
+        self.calls += 1
+        return super().encode_text_spans(text)
+
+    def pre_tokenize(self, normalized: str) -> list[tuple[str, tuple[int, int]]]:
+        self.chars += len(normalized)
+        self.calls += 1
+        return super().pre_tokenize(normalized)
+
+
+@pytest.fixture(scope="module")
+def counting(qwen_tokenizer: Tokenizer) -> CountingTokenizer:
+    return CountingTokenizer(qwen_tokenizer)
+
+
+def stream_counting(counting: CountingTokenizer, text: str, step: int) -> tuple[int, int, int]:
+    """(characters passed to the tokenizer, calls, most characters held) for ``text`` in ``step``-sized deltas."""
+    incremental = IncrementalTokenizer(counting)
+    counting.chars = counting.calls = 0
+    state = IncrementalState()
+    held = 0
+    for index in range(0, len(text), step):
+        incremental.feed(state, text[index:index + step])
+        held = max(held, len(state.pending))
+    incremental.finish(state)
+    return counting.chars, counting.calls, held
+
+
+def test_a_long_number_one_digit_per_delta_costs_linear_work(counting: CountingTokenizer) -> None:
+    text = "The answer is " + long_run("digits", 20_000) + "."
+    chars, calls, held = stream_counting(counting, text, 1)
+    # Quadratic work (the pending run pre-tokenized again per digit) would be ~2e8 characters.
+    assert chars <= 4 * len(text)
+    assert calls <= 3 * len(text)
+    assert held <= 16
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["whitespace", "newlines", "punctuation", "cjk", "emoji", "marks", "unassigned", "letters_and_unassigned", "mixed"],
+)
+@pytest.mark.parametrize("step", [1, 64])
+def test_every_input_class_costs_linear_work_and_holds_a_bounded_text(
+    counting: CountingTokenizer, name: str, step: int,
+) -> None:
+    size = 20_000
+    chars, _, held = stream_counting(counting, long_run(name, size), step)
+    # The scan credit bounds examinations to 64 + 4 characters per delta and character; forced cuts of
+    # over-long runs add about 3 passes over the cap per half cap. Quadratic work would be ~1e8.
+    budget = (64 * (size // step + 1) + 4 * size) + 8 * size
+    assert chars <= budget
+    assert held <= 4096 + step
+
+
+def test_ordinary_text_is_examined_about_once_per_delta(counting: CountingTokenizer) -> None:
+    text = long_run("mixed", 20_000)
+    chars, _calls, held = stream_counting(counting, text, 1)
+    assert held <= 16
+    assert chars <= 12 * len(text)     # a held tail of a word or so, examined per delta
