@@ -59,6 +59,8 @@ SCAN_CREDIT_MAX = 4 * MAX_HELD_CHARS
 _LETTER, _NUMBER, _SPACE, _OTHER = 1, 2, 4, 8
 _ANY = _LETTER | _NUMBER | _SPACE | _OTHER
 _NEWLINES_ONLY = 16             # tail flag: the held whitespace run is only "\r"/"\n" (see _tail_kind)
+_EXAMINED = 32                  # tail flag: the held text has no stable cut and no added token is being typed
+_RUN_BITS = _ANY | _NEWLINES_ONLY
 # Python's str.isspace and Unicode White_Space (what the tokenizer's regex means by \s) disagree here.
 _DOUBTFUL_SPACE = frozenset("\x1c\x1d\x1e\x1f\u180e")
 _ASCII_DIGITS = frozenset("0123456789")
@@ -69,8 +71,8 @@ class IncrementalState(msgspec.Struct):
 
     pending: str = ""
     pending_start: int = 0   # character offset of ``pending`` in the whole text fed so far
-    # Class bits of the run ``pending`` ends with when a delta of that class cannot create a stable cut
-    # (0: unknown, look again). Derived from ``pending``: losing it only costs one examination.
+    # What deltas cannot create a stable cut (see IncrementalTokenizer._tail_kind); 0: unknown, look again.
+    # Derived from ``pending``: losing it only costs one examination.
     tail: int = 0
     # Characters of held text that may still be examined before more deltas arrive (see module docstring).
     scan_credit: int = SCAN_CREDIT_PER_DELTA
@@ -189,8 +191,11 @@ class IncrementalTokenizer:
         )
         over_cap = len(state.pending) > self.max_held_chars
         if not over_cap:
-            if state.tail and self._extends_tail(state.tail, delta):
-                return TokenSpans([], [])
+            if state.tail:
+                kept = self._tail_after(state.tail, delta)
+                if kept:
+                    state.tail = kept
+                    return TokenSpans([], [])
             if state.scan_credit < len(state.pending):
                 state.tail = 0    # not examined: the tail is no longer known to be cut-free
                 return TokenSpans([], [])
@@ -324,16 +329,22 @@ class IncrementalTokenizer:
 
     # -- the cheap path ---------------------------------------------------------------------------
     def _tail_kind(self, pending: str, *, arriving: bool) -> int:
-        """Class bits of ``pending``'s last run if a delta of that class cannot create a stable cut, else 0.
+        """What deltas cannot create a stable cut in ``pending`` (which has none): 0, or ``_EXAMINED`` plus
+        the class bits of ``pending``'s last run when a delta of that class cannot either.
 
-        Such a delta can only lengthen that run: every possible cut inside the run needs the run to end,
-        and every position before it was already decided on known text, provided no added token is being
-        typed and NFC has already settled the text up to the run's first character (a stable starter
-        follows it).
-        Numbers never qualify: each one is a cut of its own.
+        With no added token being typed, a delta of non-starters (combining marks, unassigned code points)
+        cannot create a cut: the cut conditions look only at the text before the last stable starter,
+        which it leaves as it is. A delta of the last run's class can only lengthen that run: every
+        possible cut inside the run needs the run to end, and every position before it was already
+        decided on known text, provided NFC has already settled the text up to the run's first character
+        (a stable starter follows it). Numbers never qualify: each one is a cut of its own.
         """
         if not pending or arriving:
             return 0
+        return _EXAMINED | self._run_kind(pending)
+
+    @staticmethod
+    def _run_kind(pending: str) -> int:
         cls = _char_class(pending[-1])
         if cls not in (_LETTER, _SPACE, _OTHER):
             return 0
@@ -356,9 +367,16 @@ class IncrementalTokenizer:
         # With newlines only, an "other" run before it still reads them: only more newlines keep it undecided.
         return cls | _NEWLINES_ONLY if newlines_only else cls
 
-    def _extends_tail(self, tail: int, delta: str) -> bool:
+    def _tail_after(self, tail: int, delta: str) -> int:
+        """The tail after appending ``delta`` if it cannot create a stable cut, else 0 (see _tail_kind)."""
         if any(ch in delta for ch in self._added_first):
-            return False
-        if tail & _NEWLINES_ONLY:
-            return all(ch in "\r\n" or _char_class(ch) == _ANY for ch in delta)
-        return all(_char_class(ch) & tail for ch in delta)
+            return 0
+        run = tail & _RUN_BITS
+        if run & _NEWLINES_ONLY:
+            if all(ch in "\r\n" or _char_class(ch) == _ANY for ch in delta):
+                return tail
+        elif run and all(_char_class(ch) & run for ch in delta):
+            return tail
+        if not any(is_stable_starter(ch) for ch in delta):
+            return _EXAMINED   # the held text no longer ends with a run of one class
+        return 0

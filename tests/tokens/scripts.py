@@ -51,6 +51,7 @@ def long_run(name: str, size: int) -> str:
         "marks": "\u0301\u0316",
         "unassigned": "\U000e0fff",
         "letters_and_unassigned": "a\U000e0fff",
+        "decomposed_letters": "a\u0301",   # NFD text: one letter run once normalized, a class change per char
         "mixed": "The quick brown fox, 42 times; def f(x): return x ** 2  # 你好 👍🏽\n",
     }[name]
     return (unit * (size // len(unit) + 1))[:size]

@@ -8,7 +8,12 @@ from __future__ import annotations
 import pytest
 from tokenizers import Tokenizer
 
-from pipeline.tokens.incremental import IncrementalState, IncrementalTokenizer
+from pipeline.tokens.incremental import (
+    SCAN_CREDIT_PER_CHAR,
+    SCAN_CREDIT_PER_DELTA,
+    IncrementalState,
+    IncrementalTokenizer,
+)
 from pipeline.tokens.text import TextTokenizer, TokenSpans
 from tests.tokens.scripts import long_run
 
@@ -69,10 +74,20 @@ def test_every_input_class_costs_linear_work_and_holds_a_bounded_text(
 ) -> None:
     size = 20_000
     chars, _, held = stream_counting(counting, long_run(name, size), step)
-    # The scan credit bounds examinations to 64 + 4 characters per delta and character; forced cuts of
-    # over-long runs add about 3 passes over the cap per half cap. Quadratic work would be ~1e8.
-    budget = (64 * (size // step + 1) + 4 * size) + 8 * size
-    assert chars <= budget
+    # A delta that extends the held run is not examined; an over-long run is cut at the cap, about three
+    # passes over the cap per half cap. Quadratic work would be ~1e8 characters.
+    assert chars <= 8 * size
+    assert held <= 4096 + step
+
+
+@pytest.mark.parametrize("step", [1, 2, 64])
+def test_text_that_changes_class_every_character_without_a_cut_is_examined_within_the_scan_credit(
+    counting: CountingTokenizer, step: int,
+) -> None:
+    size = 20_000
+    chars, _, held = stream_counting(counting, long_run("decomposed_letters", size), step)
+    deltas = -(-size // step)
+    assert chars <= SCAN_CREDIT_PER_DELTA * deltas + SCAN_CREDIT_PER_CHAR * size + 8 * size
     assert held <= 4096 + step
 
 
