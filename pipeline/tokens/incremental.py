@@ -44,6 +44,7 @@ Work per delta is bounded by the delta, whatever the text (see docs/token-stream
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 
 import msgspec
@@ -55,6 +56,7 @@ MIN_HELD_CHARS = 64             # the cap must leave room for the longest added 
 SCAN_CREDIT_PER_DELTA = 64      # characters of held text a delta may have examined, plus ...
 SCAN_CREDIT_PER_CHAR = 4        # ... this many per character it brings
 SCAN_CREDIT_MAX = 4 * MAX_HELD_CHARS
+PIECE_CACHE_SIZE = 1 << 16      # pieces whose tokens are remembered (per IncrementalTokenizer)
 
 _LETTER, _NUMBER, _SPACE, _OTHER = 1, 2, 4, 8
 _ANY = _LETTER | _NUMBER | _SPACE | _OTHER
@@ -64,6 +66,10 @@ _RUN_BITS = _ANY | _NEWLINES_ONLY
 # Python's str.isspace and Unicode White_Space (what the tokenizer's regex means by \s) disagree here.
 _DOUBTFUL_SPACE = frozenset("\x1c\x1d\x1e\x1f\u180e")
 _ASCII_DIGITS = frozenset("0123456789")
+_ASCII_DOUBTFUL = re.compile("[\x1c-\x1f]")
+
+
+Piece = tuple[str, tuple[int, int]]     # a pre-tokenizer piece (byte-level text) and its character span
 
 
 class IncrementalState(msgspec.Struct):
@@ -178,8 +184,11 @@ class IncrementalTokenizer:
         self.text = text
         self.max_held_chars = max_held_chars
         self._added = text.matched_added_tokens
-        self._added_first = "".join(sorted({t[0] for t in self._added}))
+        first_chars = "".join(sorted({t[0] for t in self._added}))
+        self._added_start = re.compile(f"[{re.escape(first_chars)}]" if first_chars else r"(?!)")
         self._added_longest = max((len(t) for t in self._added), default=0)
+        # BPE of a piece depends on the piece alone: common words are looked up, not tokenized again.
+        self._piece_tokens: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
 
     def feed(self, state: IncrementalState, delta: str) -> TokenSpans:
         """Append ``delta``; return the newly stable tokens with spans in the whole text."""
@@ -202,10 +211,10 @@ class IncrementalTokenizer:
         state.scan_credit -= len(state.pending)
         raw = state.pending
         segment_start, limit = self._added_token_layout(raw)
-        cut = self._stable_cut(raw, segment_start, limit)
+        cut, pieces = self._stable_cut(raw, segment_start, limit)
         if len(raw) - cut > self.max_held_chars:
             return self._emit_forced(state, cut, limit)
-        emitted = self._emit(state, cut)
+        emitted = self._emit(state, cut) if pieces is None else self._emit_pieces(state, cut, pieces)
         state.tail = self._tail_kind(state.pending, arriving=limit < len(raw))
         return emitted
 
@@ -228,6 +237,50 @@ class IncrementalTokenizer:
         state.pending = state.pending[cut:]
         state.pending_start += cut
         return TokenSpans(encoded.ids[:count], spans)
+
+    def _emit_pieces(self, state: IncrementalState, cut: int, pieces: list[Piece]) -> TokenSpans:
+        """Emit up to ``cut`` from the pieces before it (the held text is its own NFC and has no added token).
+
+        The fast path: each piece's tokens come from the cache or one BPE call on the piece, instead of
+        encoding the whole held text again.
+        """
+        ids: list[int] = []
+        spans: list[tuple[int, int]] = []
+        base = state.pending_start
+        text = state.pending
+        for piece, (start, end) in pieces:
+            found = self._piece_tokens.get(piece)
+            if found is None:
+                found = self._tokenize_piece(piece, text[start:end])
+            ids += found[0]
+            offset = base + start
+            spans += [(offset + a, offset + b) for a, b in found[1]]
+        state.pending = text[cut:]
+        state.pending_start += cut
+        return TokenSpans(ids, spans)
+
+    def _tokenize_piece(self, piece: str, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character spans (within ``text``, the piece's characters) of one piece, remembered."""
+        tokens = self.text.tokenize_piece(piece)
+        spans: list[tuple[int, int]] = []
+        if text.isascii():
+            position = 0
+            for _, size in tokens:
+                spans.append((position, position + size))
+                position += size
+        else:
+            # Byte-level tokens may split a character: a span runs from the character holding the token's
+            # first byte to the one holding its last, as the tokenizer's own offsets do.
+            char_of_byte = [i for i, ch in enumerate(text) for _ in range(len(ch.encode("utf-8")))]
+            position = 0
+            for _, size in tokens:
+                spans.append((char_of_byte[position], char_of_byte[position + size - 1] + 1))
+                position += size
+        found = ([token for token, _ in tokens], spans)
+        if len(self._piece_tokens) >= PIECE_CACHE_SIZE:
+            self._piece_tokens.clear()
+        self._piece_tokens[piece] = found
+        return found
 
     def _emit_forced(self, state: IncrementalState, cut: int, limit: int) -> TokenSpans:
         """Cut a run longer than ``max_held_chars`` about half that before its end (module docstring)."""
@@ -276,13 +329,14 @@ class IncrementalTokenizer:
         return segment_start, size
 
     def _next_added_start(self, raw: str, start: int) -> int:
-        found = [i for i in (raw.find(ch, start) for ch in self._added_first) if i >= 0]
-        return min(found, default=len(raw))
+        found = self._added_start.search(raw, start)
+        return len(raw) if found is None else found.start()
 
-    def _stable_cut(self, raw: str, segment_start: int, limit: int) -> int:
+    def _stable_cut(self, raw: str, segment_start: int, limit: int) -> tuple[int, list[Piece] | None]:
+        """The last stable cut, and the pieces before it when they can be emitted as they are (else None)."""
         region = raw[segment_start:limit]
         if not region:
-            return segment_start
+            return segment_start, None
         if limit < len(raw):
             final_end = len(region)          # the arriving added token starts with a stable starter
         else:
@@ -292,9 +346,11 @@ class IncrementalTokenizer:
                 final_end -= 1
             last = region[final_end]
             if last in _ASCII_DIGITS and final_end == len(region) - 1:
-                return limit                 # a trailing ASCII digit is a final piece (module docstring)
+                # A trailing ASCII digit is a final piece (module docstring).
+                return limit, self._pieces_before(raw, segment_start, len(region), len(region))
             if final_end > 0 and _char_class(last) == _NUMBER and is_stable_starter(last):
-                return segment_start + final_end
+                # The digit stays in the pre-tokenized text: it ends the runs before it.
+                return segment_start + final_end, self._pieces_before(raw, segment_start, final_end + 1, final_end)
         head = region[:final_end]
         to_raw: dict[int, int] | None = None
         if head.isascii() or unicodedata.is_normalized("NFC", head):
@@ -312,9 +368,9 @@ class IncrementalTokenizer:
                 previous = bound
             normalized = "".join(parts)
         runs = _RunEnds(normalized)
-        for _, (start, _end) in reversed(self.text.pre_tokenize(normalized)):
-            if start <= 0:
-                break
+        pieces = self.text.pre_tokenize(normalized)
+        for index in range(len(pieces) - 1, 0, -1):
+            start = pieces[index][1][0]
             if to_raw is None:
                 if not is_stable_starter(normalized[start]):
                     continue
@@ -324,8 +380,18 @@ class IncrementalTokenizer:
             else:
                 continue
             if runs.pieces_final_before(start):
-                return segment_start + position
-        return segment_start
+                fast = to_raw is None and segment_start == 0
+                return segment_start + position, pieces[:index] if fast else None
+        return segment_start, None
+
+    def _pieces_before(self, raw: str, segment_start: int, text_end: int, cut: int) -> list[Piece] | None:
+        """The pieces of ``raw[:text_end]`` before ``cut``, when the held text is plain, NFC and final there."""
+        if segment_start:
+            return None
+        text = raw[:text_end]
+        if not (text.isascii() or unicodedata.is_normalized("NFC", text)):
+            return None
+        return [piece for piece in self.text.pre_tokenize(text) if piece[1][0] < cut]
 
     # -- the cheap path ---------------------------------------------------------------------------
     def _tail_kind(self, pending: str, *, arriving: bool) -> int:
@@ -350,6 +416,12 @@ class IncrementalTokenizer:
             return 0
         start = _suffix_start(pending, len(pending), cls)
         run = pending[start:]
+        if run.isascii() and not _ASCII_DOUBTFUL.search(run):
+            # The common case, in short: every character is a stable starter of exactly this class.
+            newlines = len(run) - len(run.lstrip("\r\n")) if cls == _SPACE else 0
+            if newlines == len(run):
+                return cls | _NEWLINES_ONLY if len(run) > 1 else 0
+            return cls if newlines + 1 < len(run) else 0
         definite = [i for i, ch in enumerate(run) if _char_class(ch) == cls]
         newlines_only = cls == _SPACE and all(run[i] in "\r\n" for i in definite)
         # Runs before this one end at its first stable starter of exactly this class (doubtful characters
@@ -369,7 +441,7 @@ class IncrementalTokenizer:
 
     def _tail_after(self, tail: int, delta: str) -> int:
         """The tail after appending ``delta`` if it cannot create a stable cut, else 0 (see _tail_kind)."""
-        if any(ch in delta for ch in self._added_first):
+        if self._added_start.search(delta):
             return 0
         run = tail & _RUN_BITS
         if run & _NEWLINES_ONLY:

@@ -67,6 +67,10 @@ class TextTokenizer:
         """The pre-tokenizer's pieces of already normalized text, with their character spans."""
         return list(self._pre.pre_tokenize_str(normalized))
 
+    def tokenize_piece(self, piece: str) -> list[tuple[int, int]]:
+        """BPE of one piece as :meth:`pre_tokenize` returns it: (id, bytes of the text it covers) per token."""
+        return [(int(t.id), len(t.value)) for t in self._plain.model.tokenize(piece)]
+
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._plain.decode(list(ids), skip_special_tokens=False))
 
