@@ -287,24 +287,31 @@ class IncrementalTokenizer:
         raw = state.pending
         target = min(len(raw) - self.max_held_chars // 2, limit)
         state.scan_credit -= len(raw)
-        encoded = self.text.encode_text_spans(raw)
-        forced = next(
-            (s for s, _ in reversed(encoded.spans) if cut < s <= target and is_stable_starter(raw[s])), None,
-        )
         base = state.pending_start
-        if forced is not None:
-            # A token boundary of the held text's own tokenization, where NFC splits: the tokens before it
-            # are the held text's tokens, so a run that BPE splits regularly stays exact.
-            count = sum(1 for start, _ in encoded.spans if start < forced)
-            ids, spans = encoded.ids[:count], encoded.spans[:count]
-        else:
-            # No such boundary (combining marks, unassigned code points): the text before ``target`` is
-            # tokenized as a text of its own.
+        if cut == 0 and not any(is_stable_starter(ch) for ch in raw[1:target + 1]):
+            # Non-starters only (combining marks, unassigned code points): NFC may reorder the whole run, so
+            # no cut inside it is exact; the text before ``target`` is tokenized as a text of its own.
             forced = target
-            count = sum(1 for start, _ in encoded.spans if start < cut)
-            alone = self.text.encode_text_spans(raw[cut:forced])
-            ids = encoded.ids[:count] + alone.ids
-            spans = encoded.spans[:count] + [(cut + a, cut + b) for a, b in alone.spans]
+            alone = self.text.encode_text_spans(raw[:forced])
+            ids, spans = alone.ids, alone.spans
+        else:
+            encoded = self.text.encode_text_spans(raw)
+            found = next(
+                (s for s, _ in reversed(encoded.spans) if cut < s <= target and is_stable_starter(raw[s])), None,
+            )
+            if found is not None:
+                # A token boundary of the held text's own tokenization, where NFC splits: the tokens before
+                # it are the held text's tokens, so a run that BPE splits regularly stays exact.
+                forced = found
+                count = sum(1 for start, _ in encoded.spans if start < forced)
+                ids, spans = encoded.ids[:count], encoded.spans[:count]
+            else:
+                # No such boundary: the text from the stable cut to ``target`` is a text of its own.
+                forced = target
+                count = sum(1 for start, _ in encoded.spans if start < cut)
+                alone = self.text.encode_text_spans(raw[cut:forced])
+                ids = encoded.ids[:count] + alone.ids
+                spans = encoded.spans[:count] + [(cut + a, cut + b) for a, b in alone.spans]
         state.pending = raw[forced:]
         state.pending_start += forced
         state.tail = 0
