@@ -195,9 +195,14 @@ class IncrementalTokenizer:
         if not delta:
             return TokenSpans([], [])
         state.pending += delta
-        state.scan_credit = min(
-            state.scan_credit + SCAN_CREDIT_PER_DELTA + SCAN_CREDIT_PER_CHAR * len(delta), SCAN_CREDIT_MAX,
-        )
+        # Capped after spending, so that one huge delta pays for its own examination.
+        state.scan_credit += SCAN_CREDIT_PER_DELTA + SCAN_CREDIT_PER_CHAR * len(delta)
+        try:
+            return self._feed(state, delta)
+        finally:
+            state.scan_credit = min(state.scan_credit, SCAN_CREDIT_MAX)
+
+    def _feed(self, state: IncrementalState, delta: str) -> TokenSpans:
         over_cap = len(state.pending) > self.max_held_chars
         if not over_cap:
             if state.tail:

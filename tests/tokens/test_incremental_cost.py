@@ -96,3 +96,15 @@ def test_ordinary_text_is_examined_about_once_per_delta(counting: CountingTokeni
     chars, _calls, held = stream_counting(counting, text, 1)
     assert held <= 16
     assert chars <= 12 * len(text)     # a held tail of a word or so, examined per delta
+
+
+def test_one_huge_delta_pays_for_itself_and_the_text_after_it_streams_on(counting: CountingTokenizer) -> None:
+    incremental = IncrementalTokenizer(counting)
+    state = IncrementalState()
+    incremental.feed(state, "word " * 200_000)
+    assert len(state.pending) <= 4096
+    held = []
+    for char in " and then ordinary text, one character per delta." * 4:
+        incremental.feed(state, char)
+        held.append(len(state.pending))
+    assert max(held[-50:]) <= 16, "the huge delta left the stream without scan credit"
