@@ -56,7 +56,11 @@ MIN_HELD_CHARS = 64             # the cap must leave room for the longest added 
 SCAN_CREDIT_PER_DELTA = 64      # characters of held text a delta may have examined, plus ...
 SCAN_CREDIT_PER_CHAR = 4        # ... this many per character it brings
 SCAN_CREDIT_MAX = 4 * MAX_HELD_CHARS
-PIECE_CACHE_SIZE = 1 << 16      # pieces whose tokens are remembered (per IncrementalTokenizer)
+# Pieces whose tokens are remembered (per IncrementalTokenizer), if short like the words of ordinary text:
+# at most 8,192 x ~1 kB, whatever the input.
+PIECE_CACHE_SIZE = 8192
+PIECE_CACHE_MAX_CHARS = 32      # of byte-level text
+PIECE_CACHE_MAX_TOKENS = 4
 
 _LETTER, _NUMBER, _SPACE, _OTHER = 1, 2, 4, 8
 _ANY = _LETTER | _NUMBER | _SPACE | _OTHER
@@ -282,9 +286,10 @@ class IncrementalTokenizer:
                 spans.append((char_of_byte[position], char_of_byte[position + size - 1] + 1))
                 position += size
         found = ([token for token, _ in tokens], spans)
-        if len(self._piece_tokens) >= PIECE_CACHE_SIZE:
-            self._piece_tokens.clear()
-        self._piece_tokens[piece] = found
+        if len(piece) <= PIECE_CACHE_MAX_CHARS and len(tokens) <= PIECE_CACHE_MAX_TOKENS:
+            if len(self._piece_tokens) >= PIECE_CACHE_SIZE:
+                self._piece_tokens.clear()
+            self._piece_tokens[piece] = found
         return found
 
     def _emit_forced(self, state: IncrementalState, cut: int, limit: int) -> TokenSpans:

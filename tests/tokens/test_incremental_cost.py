@@ -108,3 +108,25 @@ def test_one_huge_delta_pays_for_itself_and_the_text_after_it_streams_on(countin
         incremental.feed(state, char)
         held.append(len(state.pending))
     assert max(held[-50:]) <= 16, "the huge delta left the stream without scan credit"
+
+
+def test_the_piece_cache_stays_small_whatever_the_pieces(text_tokenizer: TextTokenizer) -> None:
+    from pipeline.tokens.incremental import PIECE_CACHE_MAX_CHARS, PIECE_CACHE_MAX_TOKENS, PIECE_CACHE_SIZE
+
+    incremental = IncrementalTokenizer(text_tokenizer)
+    state = IncrementalState()
+    def word(number: int) -> str:   # distinct letter words: base 26
+        letters = ""
+        while True:
+            number, digit = divmod(number, 26)
+            letters += chr(ord("a") + digit)
+            if not number:
+                return letters
+
+    # More distinct short pieces than the cache holds, and long ones it must not keep.
+    words = [word(i) + ("q" * 300 if i % 50 == 0 else "") for i in range(PIECE_CACHE_SIZE + 2000)]
+    for word in words:
+        incremental.feed(state, word + " ")
+    cache = incremental._piece_tokens
+    assert 0 < len(cache) <= PIECE_CACHE_SIZE
+    assert all(len(p) <= PIECE_CACHE_MAX_CHARS and len(ids) <= PIECE_CACHE_MAX_TOKENS for p, (ids, _) in cache.items())
