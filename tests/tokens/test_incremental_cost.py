@@ -125,8 +125,8 @@ def test_the_piece_cache_stays_small_whatever_the_pieces(text_tokenizer: TextTok
 
     # More distinct short pieces than the cache holds, and long ones it must not keep.
     words = [word(i) + ("q" * 300 if i % 50 == 0 else "") for i in range(PIECE_CACHE_SIZE + 2000)]
-    for word in words:
-        incremental.feed(state, word + " ")
+    for text in words:
+        incremental.feed(state, text + " ")
     cache = incremental._piece_tokens
     assert 0 < len(cache) <= PIECE_CACHE_SIZE
     assert all(len(p) <= PIECE_CACHE_MAX_CHARS and len(ids) <= PIECE_CACHE_MAX_TOKENS for p, (ids, _) in cache.items())
