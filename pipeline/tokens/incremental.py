@@ -66,11 +66,33 @@ _LETTER, _NUMBER, _SPACE, _OTHER = 1, 2, 4, 8
 _ANY = _LETTER | _NUMBER | _SPACE | _OTHER
 _NEWLINES_ONLY = 16             # tail flag: the held whitespace run is only "\r"/"\n" (see _tail_kind)
 _EXAMINED = 32                  # tail flag: the held text has no stable cut and no added token is being typed
+_ONE_WORD = 64                  # tail flag: the held text is one ASCII word piece (see _word_before)
 _RUN_BITS = _ANY | _NEWLINES_ONLY
 # Python's str.isspace and Unicode White_Space (what the tokenizer's regex means by \s) disagree here.
 _DOUBTFUL_SPACE = frozenset("\x1c\x1d\x1e\x1f\u180e")
 _ASCII_DIGITS = frozenset("0123456789")
 _ASCII_DOUBTFUL = re.compile("[\x1c-\x1f]")
+# One piece of the regex, read to the end of the text: letters after at most one character that is neither
+# a letter, a digit nor a newline (not an apostrophe, which may start a contraction, nor ``<``, which may
+# start an added token).
+_ONE_WORD_PIECE = re.compile("[^\r\nA-Za-z0-9'<\x1c-\x1f]?[A-Za-z]+")
+_ASCII_SPACE = frozenset(" \t\n\x0b\x0c\r")
+_ASCII_LETTERS_DIGITS_SPACE = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 \t\n\x0b\x0c\r")
+
+
+def _byte_level_ascii() -> dict[int, str]:
+    """How the byte-level pre-tokenizer spells ASCII bytes (printable ones as themselves, others from U+0100)."""
+    table, extra = {}, 0
+    for byte in range(128):
+        if ord("!") <= byte <= ord("~"):
+            table[byte] = chr(byte)
+        else:
+            table[byte] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+_BYTE_LEVEL_ASCII = _byte_level_ascii()
 
 
 Piece = tuple[str, tuple[int, int]]     # a pre-tokenizer piece (byte-level text) and its character span
@@ -208,6 +230,10 @@ class IncrementalTokenizer:
 
     def _feed(self, state: IncrementalState, delta: str) -> TokenSpans:
         over_cap = len(state.pending) > self.max_held_chars
+        if state.tail & _ONE_WORD and not over_cap:
+            emitted = self._word_before(state, delta)
+            if emitted is not None:
+                return emitted
         if not over_cap:
             if state.tail:
                 kept = self._tail_after(state.tail, delta)
@@ -226,6 +252,43 @@ class IncrementalTokenizer:
         emitted = self._emit(state, cut) if pieces is None else self._emit_pieces(state, cut, pieces)
         state.tail = self._tail_kind(state.pending, arriving=limit < len(raw))
         return emitted
+
+    def _word_before(self, state: IncrementalState, delta: str) -> TokenSpans | None:
+        """The fast path for ordinary English: the held text was one word piece (``" quick"``) and ``delta``
+        (``" brown"``) ends it. Emits the word if the cut after it is stable, else None (examine as usual).
+
+        The cut before ``delta`` is a piece start (letters end at a non-letter); it is stable when the run
+        ``delta`` starts with ends before the last character of the text (condition 3 of the module
+        docstring), computed on ``delta`` alone since the word before it is not of that run.
+        """
+        if not delta.isascii() or len(delta) < 3 or delta[0].isalpha() or _ASCII_DOUBTFUL.search(delta):
+            return None
+        if self._added_start.search(delta):
+            return None
+        first, known = delta[0], len(delta) - 1      # the last character is not final yet
+        if not first.isdigit():
+            end = 1
+            if first in _ASCII_SPACE:
+                while end < known and delta[end] in _ASCII_SPACE:
+                    end += 1
+            else:
+                while end < known and delta[end] not in _ASCII_LETTERS_DIGITS_SPACE:
+                    end += 1
+                while end < known and delta[end] in "\r\n":
+                    end += 1
+            if end >= known:
+                return None
+        word = state.pending[:-len(delta)]
+        byte_level = word.translate(_BYTE_LEVEL_ASCII)
+        found = self._piece_tokens.get(byte_level)
+        if found is None:
+            found = self._tokenize_piece(byte_level, word)
+        base = state.pending_start
+        spans = [(base + a, base + b) for a, b in found[1]]
+        state.pending = delta
+        state.pending_start += len(word)
+        state.tail = self._tail_kind(delta, arriving=False) if _ONE_WORD_PIECE.fullmatch(delta) else 0
+        return TokenSpans(list(found[0]), spans)
 
     def finish(self, state: IncrementalState) -> TokenSpans:
         """The text is complete: emit everything still held."""
@@ -424,7 +487,8 @@ class IncrementalTokenizer:
         """
         if not pending or arriving:
             return 0
-        return _EXAMINED | self._run_kind(pending)
+        one_word = pending.isascii() and _ONE_WORD_PIECE.fullmatch(pending) is not None
+        return _EXAMINED | self._run_kind(pending) | (_ONE_WORD if one_word else 0)
 
     @staticmethod
     def _run_kind(pending: str) -> int:
@@ -465,7 +529,8 @@ class IncrementalTokenizer:
             if all(ch in "\r\n" or _char_class(ch) == _ANY for ch in delta):
                 return tail
         elif run and all(_char_class(ch) & run for ch in delta):
-            return tail
+            # Still one word piece only if ASCII letters were added.
+            return tail if delta.isascii() and delta.isalpha() else tail & ~_ONE_WORD
         if not any(is_stable_starter(ch) for ch in delta):
             return _EXAMINED   # the held text no longer ends with a run of one class
         return 0
