@@ -25,10 +25,12 @@ class CountingTokenizer(TextTokenizer):
         super().__init__(tokenizer)
         self.chars = 0
         self.calls = 0
+        self.encodes = 0
 
     def encode_text_spans(self, text: str) -> TokenSpans:
         self.chars += len(text)
         self.calls += 1
+        self.encodes += 1
         return super().encode_text_spans(text)
 
     def pre_tokenize(self, normalized: str) -> list[tuple[str, tuple[int, int]]]:
@@ -45,7 +47,7 @@ def counting(qwen_tokenizer: Tokenizer) -> CountingTokenizer:
 def stream_counting(counting: CountingTokenizer, text: str, step: int) -> tuple[int, int, int]:
     """(characters passed to the tokenizer, calls, most characters held) for ``text`` in ``step``-sized deltas."""
     incremental = IncrementalTokenizer(counting)
-    counting.chars = counting.calls = 0
+    counting.chars = counting.calls = counting.encodes = 0
     state = IncrementalState()
     held = 0
     for index in range(0, len(text), step):
@@ -130,3 +132,22 @@ def test_the_piece_cache_stays_small_whatever_the_pieces(text_tokenizer: TextTok
     cache = incremental._piece_tokens
     assert 0 < len(cache) <= PIECE_CACHE_SIZE
     assert all(len(p) <= PIECE_CACHE_MAX_CHARS and len(ids) <= PIECE_CACHE_MAX_TOKENS for p, (ids, _) in cache.items())
+
+
+def test_token_deltas_of_prose_are_not_encoded_again_and_mostly_skip_the_pre_tokenizer(
+    counting: CountingTokenizer,
+) -> None:
+    prose = ("Streaming moderation reads a reply as it is written, one token at a time, and decides early "
+             "whether the conversation is safe, controversial or unsafe. ") * 40
+    spans = counting.encode_text_spans(prose).spans
+    deltas = [prose[a:b] for (a, _), (b, _) in zip(spans, [*spans[1:], (len(prose), 0)], strict=True) if b > a]
+    incremental = IncrementalTokenizer(counting)
+    counting.chars = counting.calls = counting.encodes = 0
+    state = IncrementalState()
+    ids: list[int] = []
+    for delta in deltas:
+        ids += incremental.feed(state, delta).ids
+    ids += incremental.finish(state).ids
+    assert ids == counting.encode_text(prose)
+    assert counting.encodes == 1                      # finish() only: pieces are tokenized on their own
+    assert counting.calls - counting.encodes < len(deltas) / 2   # a delta ending a held word needs no pre-tokenizer
