@@ -25,8 +25,10 @@ Emitted tokens are therefore never retracted. See docs/token-stream.md for the r
 Work per delta is bounded by the delta, whatever the text (see docs/token-stream.md, "Cost"):
 
 * a delta that only extends the run the held text ends with (more letters after letters, more
-  whitespace after whitespace, ...) cannot create a stable cut, so it is appended without looking
-  at the held text again;
+  whitespace after whitespace, ...) or brings only non-starters cannot create a stable cut, so it is
+  appended without looking at the held text again;
+* a delta that ends a held ASCII word emits it without the pre-tokenizer (``_word_before``);
+* emitted pieces are tokenized one by one (short ones remembered), never the whole held text again;
 * otherwise the held text is examined again only while the state's scan budget allows it: each
   delta earns ``SCAN_CREDIT_PER_DELTA`` plus ``SCAN_CREDIT_PER_CHAR`` per character, each
   examination spends the held text's length. Ordinary text (a held tail of a word or so) never
