@@ -23,7 +23,9 @@ CLASSES: dict[str, list[str]] = {
     "unassigned": ["\u0378", "\U0001f6dc", "\U00031350", "\U00011f00", "\u0cf3", "\U000e0fff", "\U0002ffff",
                    "\U0010ffff", "\ufdd0", "\U00050000", "\U0010fffd"],
     "mixed": ["Hello", " world", "it's", "'ll", "'VE", "def f(x):\n", "    return x + 1\n", "3.14", "<think>",
-              "</think>", "<|im_end|>", "<thi", "<tool_call>", "ǅ", "ß", "ﬁ", "x  ", " \n ", "\n\n\n", "a"],
+              "</think>", "<|im_end|>", "<thi", "<tool_call>", "ǅ", "ß", "ﬁ", "x  ", " \n ", "\n\n\n", "a",
+              " the", " brown", "fox", ". ", ",", " (", "...", ").\n", " 42", "7 ", "--x", "\tif", " 'quoted'",
+              "'s", " <b", "x\x1c", " ---"],
 }
 ALL_FRAGMENTS = sorted(set(itertools.chain.from_iterable(CLASSES.values())))
 

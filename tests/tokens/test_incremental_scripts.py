@@ -108,3 +108,18 @@ def test_a_small_cap_changes_nothing_when_no_run_reaches_it(
 def test_a_cap_too_small_for_added_tokens_is_refused(text_tokenizer: TextTokenizer) -> None:
     with pytest.raises(ValueError, match="at least 64"):
         IncrementalTokenizer(text_tokenizer, max_held_chars=16)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=class_texts("mixed", max_size=40), keep=st.lists(st.booleans(), min_size=80, max_size=80))
+def test_deltas_cut_at_token_boundaries_as_a_model_streams_them_give_the_whole_text_tokens(
+    text_tokenizer: TextTokenizer, text: str, keep: list[bool],
+) -> None:
+    whole = text_tokenizer.encode_text_spans(text)
+    # A model streams whole tokens, one or a few per delta: cut at a random subset of token starts.
+    starts = sorted({a for a, _ in whole.spans if a > 0})
+    bounds = [0, *(s for s, k in zip(starts, keep, strict=False) if k), len(text)]
+    parts = [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+    ids, spans, _ = stream(IncrementalTokenizer(text_tokenizer), parts)
+    assert ids == whole.ids
+    assert spans == whole.spans
