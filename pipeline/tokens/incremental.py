@@ -231,11 +231,17 @@ class IncrementalTokenizer:
             state.scan_credit = min(state.scan_credit, SCAN_CREDIT_MAX)
 
     def _feed(self, state: IncrementalState, delta: str) -> TokenSpans:
+        if state.tail & _ONE_WORD and len(state.pending) <= self.max_held_chars:
+            word = self._word_before(state, delta)
+            if word is not None:
+                if state.tail:
+                    return word       # the delta is one word itself: nothing in it can be cut yet
+                rest = self._examine(state, delta)
+                return TokenSpans(word.ids + rest.ids, word.spans + rest.spans)
+        return self._examine(state, delta)
+
+    def _examine(self, state: IncrementalState, delta: str) -> TokenSpans:
         over_cap = len(state.pending) > self.max_held_chars
-        if state.tail & _ONE_WORD and not over_cap:
-            emitted = self._word_before(state, delta)
-            if emitted is not None:
-                return emitted
         if not over_cap:
             if state.tail:
                 kept = self._tail_after(state.tail, delta)
