@@ -22,10 +22,12 @@ def test_quick_bench_writes_json_and_plot_with_the_whole_text_baseline(
     rows = report["rows"]
     assert [(r["input"], r["delta_chars"]) for r in rows] == [(c, d) for c in CLASS_UNITS for d in DELTA_SIZES]
     assert all(r["us_per_char"] > 0 and r["whole_us_per_char"] > 0 for r in rows)
+    tokens = [r for r in rows if r["delta_chars"] == "token"]
+    assert all(r["deltas"] == r["tokens"] for r in tokens if r["input"] == "digits")   # one digit per token
     assert all(r["ratio_to_whole"] == pytest.approx(r["us_per_char"] / r["whole_us_per_char"], rel=0.1) for r in rows)
     # 300 characters stay under the held-text cap: every class streams out exactly.
     assert all(r["exact"] for r in rows)
-    assert "| input | delta (chars) |" in capsys.readouterr().out
+    assert "| input | delta |" in capsys.readouterr().out
     assert "| digits | 1 |" in (out / "tokenizer.md").read_text()
 
 

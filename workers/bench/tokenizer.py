@@ -2,10 +2,11 @@
 
 For each input class (digits, whitespace, punctuation, CJK, emoji ZWJ chains, combining marks,
 unassigned code points, mixed English and code) one text of ``--chars`` characters is streamed
-through :class:`pipeline.tokens.incremental.IncrementalTokenizer` in 1- and 64-character deltas,
-and, as the baseline measured in the same run, encoded whole with the same Qwen3 tokenizer. Each
-row says whether the streamed ids equal the whole text's (runs over the held-text cap are cut, see
-docs/token-stream.md) and the most text held at once. Times are CPU time of this process (on a
+through :class:`pipeline.tokens.incremental.IncrementalTokenizer` in 1- and 64-character deltas
+and in deltas of one token (as a model streams), and, as the baseline measured in the same run,
+encoded whole with the same Qwen3 tokenizer. Each row says whether the streamed ids equal the
+whole text's (runs over the held-text cap are cut, see docs/token-stream.md) and the most text
+held at once. Times are CPU time of this process (on a
 shared machine wall time mostly measures the neighbours; it is recorded too). Prints a table,
 writes ``tokenizer.json``, ``tokenizer.md`` and ``tokenizer.png`` into ``--out``.
 """
@@ -13,6 +14,7 @@ writes ``tokenizer.json``, ``tokenizer.md`` and ``tokenizer.png`` into ``--out``
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_OUT = Path("bench-results/tokenizer")
-DELTA_SIZES = (1, 64)
+# Deltas of 1 and 64 characters, and of one Qwen3 token each (cut where the whole text's tokens start,
+# as a model streams its reply).
+TOKEN = "token"
+DELTA_SIZES: tuple[int | str, ...] = (1, 64, TOKEN)
 
 # One repeating unit per input class: the text is that unit repeated to the requested length.
 CLASS_UNITS: dict[str, str] = {
@@ -69,22 +74,23 @@ def run(args: argparse.Namespace) -> int:
     text_tokenizer = TextTokenizer(load_qwen3_tokenizer())
     incremental = IncrementalTokenizer(text_tokenizer)
     started, load_before = time.monotonic(), os.getloadavg()
-    _measure_stream(incremental, "warm-up: 你好 👍🏽 e\u0301 \U000e0fff 123", 1)   # one-time Unicode tables
+    _measure_stream(incremental, list("warm-up: 你好 👍🏽 e\u0301 \U000e0fff 123"))   # one-time Unicode tables
     rows = []
     for name in CLASS_UNITS:
         console.print(f"[dim]bench tokenizer[/]: {name}, {size} characters")
         text = class_text(name, size)
         whole_s, whole_ids = _measure_whole(text_tokenizer, text)
         for step in DELTA_SIZES:
-            elapsed, wall, ids, held = _measure_stream(incremental, text, step)
+            parts = _deltas(text_tokenizer, text, step)
+            elapsed, wall, ids, held = _measure_stream(incremental, parts)
             rows.append({
                 "input": name,
                 "delta_chars": step,
-                "deltas": -(-size // step),
+                "deltas": len(parts),
                 "us_per_char": round(elapsed / size * 1e6, 3),
                 "whole_us_per_char": round(whole_s / size * 1e6, 3),
                 "ratio_to_whole": round(elapsed / whole_s, 1) if whole_s else None,
-                "us_per_delta": round(elapsed / -(-size // step) * 1e6, 2),
+                "us_per_delta": round(elapsed / len(parts) * 1e6, 2),
                 "wall_us_per_char": round(wall / size * 1e6, 3),
                 "tokens": len(ids),
                 "exact": ids == whole_ids,
@@ -121,11 +127,18 @@ def _measure_whole(text_tokenizer: Any, text: str) -> tuple[float, list[int]]:
     return best, ids
 
 
-def _measure_stream(incremental: Any, text: str, step: int) -> tuple[float, float, list[int], int]:
-    """(CPU seconds, wall seconds, ids, most characters held) streaming ``text`` in ``step``-character deltas."""
+def _deltas(text_tokenizer: Any, text: str, step: int | str) -> list[str]:
+    if isinstance(step, int):
+        return [text[i:i + step] for i in range(0, len(text), step)]
+    starts = sorted({start for start, _ in text_tokenizer.encode_text_spans(text).spans if start > 0})
+    bounds = [0, *starts, len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+def _measure_stream(incremental: Any, parts: list[str]) -> tuple[float, float, list[int], int]:
+    """(CPU seconds, wall seconds, ids, most characters held) streaming ``parts`` one delta each."""
     from pipeline.tokens.incremental import IncrementalState
 
-    parts = [text[i:i + step] for i in range(0, len(text), step)]
     state = IncrementalState()
     ids: list[int] = []
     held = 0
@@ -143,7 +156,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"per input, held-text cap {report['max_held_chars']}, CPU time of the process, load average "
         f"{report['load_average']['before']} -> {report['load_average']['after']}",
         "",
-        "| input | delta (chars) | µs/char streamed | µs/char whole encode | ratio | µs/delta | wall µs/char | exact "
+        "| input | delta | µs/char streamed | µs/char whole encode | ratio | µs/delta | wall µs/char | exact "
         "| max held |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -157,6 +170,10 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _label(step: int | str) -> str:
+    return f"{step}-char deltas" if isinstance(step, int) else "1-token deltas"
+
+
 def _plot(report: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -166,12 +183,12 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     inputs = list(dict.fromkeys(r["input"] for r in report["rows"]))
     series: dict[str, list[float]] = {"whole-text encode": []}
     for step in DELTA_SIZES:
-        series[f"{step}-char deltas"] = []
+        series[_label(step)] = []
     for name in inputs:
         rows = {r["delta_chars"]: r for r in report["rows"] if r["input"] == name}
         series["whole-text encode"].append(rows[DELTA_SIZES[0]]["whole_us_per_char"])
         for step in DELTA_SIZES:
-            series[f"{step}-char deltas"].append(rows[step]["us_per_char"])
+            series[_label(step)].append(rows[step]["us_per_char"])
     fig, ax = plt.subplots(figsize=(11, 4.5))
     width = 0.8 / len(series)
     for offset, (label, values) in enumerate(series.items()):
@@ -180,7 +197,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax.set_yscale("log")
     ax.set_ylabel("CPU µs per character")
     ax.set_title(f"Incremental tokenizer, {report['chars_per_input']} characters per input")
-    ax.legend()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(series), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
