@@ -34,7 +34,7 @@ class Outcome:
 
     risk: Risk                          # the final verdict's risk
     first_unsafe: int | None = None     # scored-token index of the last token of the first Unsafe run
-    first_controversial: int | None = None
+    first_controversial: int | None = None   # ... of the first Controversial run, if before any Unsafe run
     positions: tuple[int, ...] = ()     # position in the rendered conversation of each scored token
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from pipeline.chunking import Chunker
-from pipeline.decision import ResponseDebouncer, ThresholdRule, decide_prompt, judge_tokens
+from pipeline.decision import ResponseDebouncer, ThresholdRule, TokenJudgement, decide_prompt, judge_tokens
 from pipeline.deltas import conversation_deltas
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
 from pipeline.eval.dataset import EvalSample
@@ -56,7 +56,7 @@ def context_of(text: TextTokenizer, sample: EvalSample, max_context_tokens: int)
 
 
 def response_tokens(risk_logits: np.ndarray, category_logits: np.ndarray,
-                    labels: LabelMaps) -> tuple[np.ndarray, np.ndarray, list]:  # type: ignore[type-arg]
+                    labels: LabelMaps) -> tuple[np.ndarray, np.ndarray, list[TokenJudgement]]:
     judged = judge_tokens(risk_logits, category_logits, labels.response_risk, labels.response_category)
     argmax = np.asarray([RISK_CODES[t.risk] for t in judged], dtype=np.int8)
     scores = np.asarray([[t.scores.get(k, 0.0) for k in ("safe", "unsafe", "controversial")] for t in judged],

@@ -46,6 +46,8 @@ def rule_outcome(argmax: np.ndarray, scores: np.ndarray, rule: ThresholdRule, po
     codes = relabel(argmax, scores, rule)
     unsafe = first_run_end(codes, UNSAFE, rule.debounce_tokens)
     controversial = first_run_end(codes, CONTROVERSIAL, rule.debounce_tokens)
+    if unsafe is not None and controversial is not None and controversial > unsafe:
+        controversial = None   # the stream flags nothing after an Unsafe run
     risk = "unsafe" if unsafe is not None else "controversial" if controversial is not None else "safe"
     return Outcome(risk, unsafe, controversial, tuple(positions))  # type: ignore[arg-type]
 

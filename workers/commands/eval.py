@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UserError
     from pipeline.eval.dataset import read_samples
     from pipeline.eval.report import metrics, plot, print_tables, sweep, whole_string_agrees
-    from pipeline.eval.sweep import default_grid
+    from pipeline.eval.sweep import SweptThreshold, default_grid
     from pipeline.labels import read_label_maps
     from pipeline.model.checkpoint import resolve_model_dir
     from pipeline.policy import PolicyBook, TenantPolicy
@@ -163,7 +163,8 @@ def run(args: argparse.Namespace) -> int:
                      "first_controversial": r.outcome.first_controversial, "judged": r.judged} for r in runs],
     }
     if args.sweep:
-        which = args.sweep if args.sweep != "auto" else ("risky" if args.policy == "strict" else "unsafe")
+        which: SweptThreshold = args.sweep if args.sweep != "auto" else (
+            "risky" if args.policy == "strict" else "unsafe")
         report["sweep"] = {"threshold": which, "points": sweep(runs, rule, which, default_grid(), args.policy)}
     print_tables(report, console)
     args.out.mkdir(parents=True, exist_ok=True)
