@@ -109,9 +109,9 @@ def print_tables(report: dict[str, Any], console: Any) -> None:
                       f"{report['index_check']['timed']} timed samples tokenize differently as one string "
                       "(their positions may be off by a token; docs/eval.md)")
     if report.get("latency"):
-        lat = report["latency"]
-        console.print(f"verdict latency ms (final): p50 {lat['final']['p50']} p95 {lat['final']['p95']} "
-                      f"max {lat['final']['max']}")
+        for kind, lat in report["latency"].items():
+            console.print(f"verdict latency_ms ({kind}, worker-measured): p50 {lat['p50']} p95 {lat['p95']} "
+                          f"p99 {lat['p99']} max {lat['max']}")
     if report.get("sweep"):
         sweep_table = Table(title=f"sweep of {report['sweep']['threshold']}_threshold ({report['policy']})")
         for column in ("threshold", "precision", "recall", "unsafe-F1", "exact hit", "hit within 128"):

@@ -14,7 +14,8 @@ from typing import Any
 
 from pipeline.config import add_settings_arguments, settings_from_args
 
-SETTINGS = ("model", "device", "precision", "policy_file", "kv_cache_bytes", "max_batch_tokens", "max_context_tokens")
+SETTINGS = ("model", "device", "precision", "policy_file", "kv_cache_bytes", "max_batch_tokens", "max_context_tokens",
+            "kafka_bootstrap", "topic_in", "topic_verdicts")
 DEFAULT_OUT = Path("eval-results")
 
 
@@ -52,6 +53,13 @@ def register(sub: Any) -> None:
     parser.add_argument("--sweep", nargs="?", const="auto", choices=("auto", "unsafe", "risky"), default=None,
                         help="Also relabel with each threshold 0.05..0.95 and plot precision/recall/timing against "
                         "it (auto: risky under strict, unsafe under loose)")
+    parser.add_argument("--through-kafka", action="store_true",
+                        help="Send the set as deltas to the input topic and read the verdicts of a running stream "
+                        "worker (its own model and policy file); adds verdict latency")
+    parser.add_argument("--rate", type=float, default=0.0, metavar="DELTAS_PER_S",
+                        help="--through-kafka: pace the deltas (0: as fast as possible; latency then includes backlog)")
+    parser.add_argument("--kafka-timeout", type=float, default=300.0, metavar="S",
+                        help="--through-kafka: give up when verdicts stop arriving for this long in total")
     parser.add_argument("--limit", type=int, default=0, metavar="N", help="Only the first N samples (0: all)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
     parser.add_argument("--model-name", default=None, help="Name shown in the report (default: the folder name)")
@@ -75,11 +83,19 @@ def _rule(args: argparse.Namespace, settings: Any) -> Any:
     return parse_rule("eval flags", raw)
 
 
+def _chunker(args: argparse.Namespace, text: Any) -> tuple[Any, str]:
+    from pipeline.chunking import Chunker
+
+    if args.chunk_tokens is not None:
+        return Chunker("tokens", args.chunk_tokens, tokenizer=text.template), f"{args.chunk_tokens} tokens"
+    size = args.chunk_chars if args.chunk_chars is not None else 1 << 30
+    return Chunker("chars", size), f"{args.chunk_chars} chars" if args.chunk_chars else "whole messages"
+
+
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from pipeline.chunking import Chunker
     from pipeline.errors import UserError
     from pipeline.eval.dataset import read_samples
     from pipeline.eval.report import metrics, plot, print_tables, sweep, whole_string_agrees
@@ -99,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
         if value is not None and value < (0 if flag == "limit" else 1):
             raise UserError(f"--{flag.replace('_', '-')} must be {'>= 0' if flag == 'limit' else '>= 1'}, got {value}")
     rule = _rule(args, settings)
+    if args.through_kafka and args.sweep:
+        raise UserError("--sweep needs the per-token probabilities, which verdicts do not carry: "
+                        "run the sweep without --through-kafka")
     samples = read_samples(args.data, args.split)
     if args.limit:
         samples = samples[: args.limit]
@@ -109,8 +128,13 @@ def run(args: argparse.Namespace) -> int:
     chunked = args.chunk_chars is not None or args.chunk_tokens is not None
     console = Console(stderr=True)
 
-    runner: Any
-    if args.engine == "torch" and not chunked:
+    runner: Any = None
+    latency = None
+    if args.through_kafka:
+        engine_desc = (f"live stream worker via {settings.topic_in} -> {settings.topic_verdicts}, deltas of "
+                       + (f"{args.chunk_tokens} tokens" if args.chunk_tokens else
+                          f"{args.chunk_chars} chars" if args.chunk_chars else "whole messages"))
+    elif args.engine == "torch" and not chunked:
         from pipeline.eval.runs import OfflineRunner
         from pipeline.model.checkpoint import load_stream_model
 
@@ -131,11 +155,7 @@ def run(args: argparse.Namespace) -> int:
             from pipeline.onnx.engine import open_stream_engine
 
             engine = open_stream_engine(str(folder), settings)
-        if args.chunk_tokens is not None:
-            chunker, unit = Chunker("tokens", args.chunk_tokens, tokenizer=text.template), f"{args.chunk_tokens} tokens"
-        else:
-            size = args.chunk_chars if args.chunk_chars is not None else 1 << 30
-            chunker, unit = Chunker("chars", size), f"{args.chunk_chars} chars" if args.chunk_chars else "whole"
+        chunker, unit = _chunker(args, text)
         policies = PolicyBook(default=TenantPolicy(mode=args.policy, rule=rule))
         scorer = Scorer(text, labels, policies, model_name, progress_every_tokens=0,
                         max_context_tokens=settings.max_context_tokens)
@@ -145,10 +165,17 @@ def run(args: argparse.Namespace) -> int:
     runs = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console, transient=True) as bar:
-        task = bar.add_task(f"eval ({args.engine})", total=len(samples))
-        for sample in samples:
-            runs.append(runner.run(sample))
-            bar.advance(task)
+        task = bar.add_task("eval (kafka)" if args.through_kafka else f"eval ({args.engine})", total=len(samples))
+        if args.through_kafka:
+            from pipeline.eval.kafka import run_through_kafka
+
+            result = run_through_kafka(settings, samples, text, _chunker(args, text)[0], args.tenant, rate=args.rate,
+                                       timeout_s=args.kafka_timeout, advance=lambda: bar.advance(task))
+            runs, latency = result.runs, result.latency
+        else:
+            for sample in samples:
+                runs.append(runner.run(sample))
+                bar.advance(task)
 
     timed = [r for r in runs if r.judged and r.sample.timed]
     report: dict[str, Any] = {
@@ -156,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         "rule": {"unsafe_threshold": rule.unsafe_threshold, "risky_threshold": rule.risky_threshold,
                  "debounce_tokens": rule.debounce_tokens},
         "metrics": metrics(runs),
+        "latency": latency,
         "index_check": {"timed": len(timed),
                         "whole_string_differs": sum(1 for r in timed if not whole_string_agrees(text, r.context_ids))},
         "samples": [{"id": r.sample.sample_id, "label": r.sample.label, "role": r.sample.role,
