@@ -101,3 +101,29 @@ def test_the_stream_scorer_applies_the_tenant_rule(qwen_tokenizer: Tokenizer) ->
             official = rule_outcome(got.argmax, got.scores, ThresholdRule(), got.outcome.positions)
             changed += official != got.outcome
     assert changed > 0
+
+
+def test_moderate_applies_a_tenant_rule_identically_in_both_engines(
+    tiny_stream_dir: Path, tiny_onnx_dir: Path, tmp_path: Path, sample_conversations: list[Any],
+) -> None:
+    """The reference and the stream scorer judge a thresholded tenant alike, and the rule changes verdicts."""
+    from pipeline.conversations import Conversation, write_conversations
+
+    conversations = [Conversation(c.conversation_id, "careful", c.messages) for c in sample_conversations]
+    convs = tmp_path / "convs.jsonl"
+    write_conversations(convs, conversations)
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("tenants:\n  careful: {mode: strict, unsafe_threshold: 0.45, risky_threshold: 0.62, "
+                      "debounce_tokens: 3}\n")
+    outputs = {}
+    for name, model, flags in (
+        ("torch", tiny_stream_dir, ["--policy-file", str(policy)]),
+        ("onnx", tiny_onnx_dir, ["--policy-file", str(policy), "--engine", "onnx", "--chunk-chars", "4"]),
+        ("official", tiny_stream_dir, []),
+    ):
+        out = tmp_path / f"{name}.jsonl"
+        assert main(["moderate", "--model", str(model), "--input", str(convs), "--output", str(out),
+                     "--model-name", "tiny", *flags]) == 0
+        outputs[name] = out.read_bytes()
+    assert outputs["torch"] == outputs["onnx"]
+    assert outputs["torch"] != outputs["official"]
