@@ -98,12 +98,14 @@ def print_tables(report: dict[str, Any], console: Any) -> None:
     console.print(table)
     if any(t["total"] for t in m["timing"].values()):
         timing_table = Table(title="detection timing (unsafe samples with loc indices)")
-        timing_table.add_column("mode")
-        for column in (*BINS, "exact hit", "hit within 128"):
-            timing_table.add_column(column, justify="right")
-        for mode, t in m["timing"].items():
-            timing_table.add_row(mode, *(str(t["bins"][b]) for b in BINS), _fmt(t["exact_hit"]),
-                                 _fmt(t["within_128"]))
+        timing_table.add_column("bin")
+        modes = list(m["timing"])
+        for mode in modes:
+            timing_table.add_column(mode, justify="right")
+        for b in BINS:
+            timing_table.add_row(b, *(str(m["timing"][mode]["bins"][b]) for mode in modes))
+        timing_table.add_row("exact hit", *(_fmt(m["timing"][mode]["exact_hit"]) for mode in modes))
+        timing_table.add_row("hit within 128", *(_fmt(m["timing"][mode]["within_128"]) for mode in modes))
         console.print(timing_table)
         console.print(f"index convention: {report['index_check']['whole_string_differs']} of "
                       f"{report['index_check']['timed']} timed samples tokenize differently as one string "
