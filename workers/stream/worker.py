@@ -210,7 +210,9 @@ class StreamWorker:
             position = self._consumer.position([tp])[0].offset
         except KafkaException:
             return False
-        return position < 0 or position >= high   # no position yet: nothing was read, nothing unread is known
+        if position < 0:   # nothing consumed since the assignment: reading resumes after the watermark
+            position = self._own.watermarks.get(pid, NO_WATERMARK) + 1
+        return high >= 0 and position >= high
 
     def _commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
         """Verdicts + DLQ records + consumed offsets in one transaction. False: aborted, batch rewound."""
