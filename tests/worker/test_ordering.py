@@ -24,7 +24,7 @@ from pipeline.conversations import Conversation, Message
 from pipeline.kafka import delete_topics, ensure_topics
 from pipeline.scoring.scorer import AFTER_END
 from schemas.messages import TokenDelta
-from tests.fixtures.stack import produce_deltas
+from tests.fixtures.stack import consume_all, produce_deltas
 from tests.worker.harness import dedup, dlq_records, verdicts, wait_caught_up, wait_until
 
 GAP_MS = 5000
@@ -87,6 +87,18 @@ def fresh_settings(settings: Settings, tag: str) -> Settings:
     return new
 
 
+def assigned(worker: Any) -> set[int]:
+    """Partitions the worker owns now, from its assignment log lines (cooperative: incremental)."""
+    owned: set[int] = set()
+    for line in worker.log_lines():
+        names = line.get("partitions")
+        if line.get("msg") not in ("partitions assigned", "partitions revoked") or not isinstance(names, list):
+            continue
+        numbers = {int(str(n).rsplit("[", 1)[1].rstrip("]")) for n in names}
+        owned = owned | numbers if line["msg"] == "partitions assigned" else owned - numbers
+    return owned
+
+
 def wait_reported(settings: Settings, want: int, worker: Any) -> None:
     wait_until(lambda: len(dlq_records(settings)) >= want, 60, f"{want} DLQ records", worker)
 
@@ -136,9 +148,11 @@ def test_live_and_backlog_input_give_the_same_verdicts_and_dlq_records(
             delete_topics(s, [s.topic_in, s.topic_verdicts, s.topic_dlq])
 
 
-@pytest.mark.parametrize("lose_redis", [False, True], ids=["restart", "restart-after-redis-lost-state"])
+@pytest.mark.parametrize(("handover", "lose_redis"), [("restart", False), ("restart", True), ("rebalance", False)],
+                         ids=["restart", "restart-after-redis-lost-state", "rebalance"])
 def test_a_held_gap_is_reported_at_its_deadline_by_the_next_owner(
-    settings: Settings, start_worker: Any, redis_client: redis.Redis, tiny_onnx_dir: Path, lose_redis: bool,
+    settings: Settings, start_worker: Any, redis_client: redis.Redis, tiny_onnx_dir: Path, handover: str,
+    lose_redis: bool,
 ) -> None:
     conv = Conversation(f"{uuid.uuid4().hex[:8]}-held", None, tuple(_messages()))
     deltas = _deltas(conv.conversation_id, conv.messages)
@@ -146,9 +160,18 @@ def test_a_held_gap_is_reported_at_its_deadline_by_the_next_owner(
     gap_ms = 8000                                  # room to stop the first worker before the deadline
     worker = start_worker(settings, gap_timeout_ms=gap_ms)
     worker.wait_for_log("partitions assigned")
+    if handover == "rebalance":   # two running workers; the holder of the gap leaves, its partitions move
+        other = start_worker(settings, gap_timeout_ms=gap_ms)
+        other.wait_for_log("partitions assigned")
+        wait_until(lambda: len(assigned(worker)) + len(assigned(other)) == settings.partitions, 60, "the rebalance")
     first_seen_ms = int(time.time() * 1000)
     produce_deltas(settings, deltas[:8] + held)   # message 1 seq 2 never comes
     wait_caught_up(settings, workers=[worker])
+    if handover == "rebalance":
+        [partition] = {r.partition for r in consume_all(settings, settings.topic_in)}
+        if partition in assigned(other):
+            worker, other = other, worker
+        successor = other
     assert worker.stop() == 0
     assert dlq_records(settings) == [], "reported before its deadline; make gap_ms longer"
     if lose_redis:                                 # the next owner rebuilds the held set by replay
@@ -156,7 +179,8 @@ def test_a_held_gap_is_reported_at_its_deadline_by_the_next_owner(
                 *redis_client.scan_iter(match=f"gs:*:{conv.conversation_id}")]
         assert len(lost) >= 3, lost                # watermark, held index, state
         redis_client.delete(*lost)
-    successor = start_worker(settings, gap_timeout_ms=gap_ms)
+    if handover == "restart":
+        successor = start_worker(settings, gap_timeout_ms=gap_ms)
     wait_until(lambda: len(dlq_records(settings)) >= len(held), 60, "the gap report", successor)
     time.sleep(2)
     records = dlq_records(settings)
