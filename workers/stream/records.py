@@ -19,7 +19,6 @@ class InputRecord:
     timestamp_ms: int | None = None   # the record's Kafka timestamp: the log time gap deadlines count in
 
 
-
 def record_time_ms(timestamp: tuple[int, int]) -> int | None:
     """A consumed message's ``timestamp()`` (type, ms) as log time; None when the broker gave none."""
     kind, value = timestamp
