@@ -117,7 +117,7 @@ class OpenMessage(msgspec.Struct):
     truncated: bool = False
 
 
-class ConversationState(msgspec.Struct):
+class ConversationState(msgspec.Struct, omit_defaults=True):   # small tombstones and fresh states
     conversation_id: str
     tenant: str | None
     key: str

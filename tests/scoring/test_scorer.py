@@ -461,7 +461,7 @@ def test_every_delta_after_end_is_reported_with_one_reason_and_the_tombstone_is_
     run = drive(scorer, engine, deltas)
     assert scorer.end(run.state, b"end", SourceRef("guard.in", 0, 9)) == []   # nothing held, nothing open
     tombstone = make_scorer().decode_state(scorer.encode_state(scorer.tombstone(run.state)))
-    assert tombstone.ended and tombstone.token_ids == b"" and len(scorer.encode_state(tombstone)) < 400
+    assert tombstone.ended and tombstone.token_ids == b"" and len(scorer.encode_state(tombstone)) < 100
     for state in (run.state, tombstone):   # in the same batch, or later against the stored tombstone
         reasons = [r.reason for d in deltas for r in scorer.apply(state, d, encode(d), SourceRef("t", 0, 0), 0)]
         assert reasons == [AFTER_END] * len(deltas)
