@@ -15,7 +15,6 @@ from workers.generative.assembly import (
     AssemblyError,
     ConversationDraft,
     DraftLimits,
-    EndedOp,
     RuledOp,
     apply_chunk,
     apply_delta,
@@ -185,21 +184,6 @@ def test_tombstones_drop_the_draft_and_unknown_records_are_skipped() -> None:
         store.apply_record(3, key, None, 7.0)
     assert store.get(b"c") is None
     assert split_record_key(record_key(b"x\x00y", 5)) == (b"x\x00y", 5)
-
-
-def test_an_end_mark_survives_the_tombstones_of_the_records_before_it() -> None:
-    store = DraftStore(DraftLimits())
-    drafts, records = _worker_records(tiny_deltas(0, "user", "hello there"), DraftLimits(), {})
-    ended_at = drafts[b"c"].next_record
-    records.append((record_key(b"c", ended_at), encode_op(EndedOp(offset=41))))
-    records += [(k, None) for k in tombstone_keys(b"c", drafts[b"c"], below=ended_at)]   # type: ignore[misc]
-    for key, value in records:
-        store.apply_record(0, key, value, 1.0)
-    mark = store.get(b"c")
-    assert mark is not None and (mark.ended_at, mark.ended_offset, mark.messages) == (ended_at, 41, {})
-    assert list(tombstone_keys(b"c", mark)) == [record_key(b"c", ended_at)]
-    store.apply_record(0, record_key(b"c", ended_at), None, 2.0)     # the mark expires
-    assert store.get(b"c") is None
 
 
 def test_changelog_bytes_grow_with_the_text_not_with_the_draft() -> None:

@@ -64,11 +64,9 @@ from pipeline.ops.server import OpsServer
 from pipeline.policy import PolicyBook, load_policy_book
 from schemas.messages import DlqRecord, MessageError, TokenDelta, decode_delta, encode
 from workers.generative.assembly import (
-    AFTER_END,
     AssemblyError,
     ConversationDraft,
     DraftLimits,
-    EndedOp,
     RuledOp,
     apply_chunk,
     apply_ruled,
@@ -172,13 +170,6 @@ class ConversationRuler:
             await self._dead_letter(event, f"conversation arrived on partition {partition} but its draft is on "
                                            f"partition {draft.partition}: the Kafka key must equal conversation_id",
                                     delta.conversation_id)
-            self._ack_when_done(event, [])
-            return
-        if draft is not None and draft.ended_at is not None:
-            # Input up to the `end` is a replay after a crash (already applied); a second `end` is
-            # ignored; anything else after it reuses the id.
-            if event.message.offset > draft.ended_offset and delta.type != "end":
-                await self._dead_letter(event, AFTER_END, delta.conversation_id)
             self._ack_when_done(event, [])
             return
         pending = self._record_delivered(key, draft) if draft is not None else []
@@ -373,16 +364,7 @@ class ConversationRuler:
             for index in stranded_messages(draft):
                 await self._dead_letter(event, f"assistant message {index} got no ruling: a lower message index "
                                                "never arrived complete", delta.conversation_id)
-        else:
-            draft = self.store.get_or_new(key, event.message.partition)
-        # The draft becomes an end mark (one record) until it expires: later deltas of the id are
-        # refused, as the stream worker does, instead of starting a second conversation under it.
-        number = draft.next_record
-        offset = event.message.offset
-        pending = [*pending, self._record(draft.partition, key, draft, encode_op(EndedOp(offset)))]
-        pending += [self.table.send_changelog(draft.partition, k, None, key_serializer="raw", value_serializer="raw")
-                    for k in tombstone_keys(key, draft, below=number)]
-        draft.end(number, offset)
+            pending = [*pending, *self._forget(key, draft)]
         self._delivered.pop(key, None)
         self._ack_when_done(event, pending)
 
@@ -399,8 +381,6 @@ class ConversationRuler:
             unfinished = incomplete_messages(draft) + stranded_messages(draft)
             self._delivered.pop(key, None)
             self._watch(self._forget(key, draft), draft.partition)
-            if draft.ended_at is not None:
-                continue        # an end mark's time is up: the id is unknown again
             self.metrics.expired.inc()
             self.metrics.expired_unfinished.inc(len(unfinished))
             expired += 1

@@ -41,11 +41,6 @@ MAX_INDEX = 2**63 - 1
 DRAFT_ELISION = "\n[... {n} characters elided ...]\n"
 
 
-# The stream worker's reason for the same input (docs/guarantees.md, "Conversation ids are single-use").
-AFTER_END = ("delta after the conversation's end: a conversation id is single-use, "
-             "start a new conversation under a new id")
-
-
 class AssemblyError(ValueError):
     """A delta that contradicts what the conversation holds or passes a limit; the reason goes to the DLQ."""
 
@@ -85,13 +80,7 @@ class RuledOp(msgspec.Struct, array_like=True, tag="r"):
     message_index: int
 
 
-class EndedOp(msgspec.Struct, array_like=True, tag="e"):
-    """The conversation ended: its records before this one are tombstoned, this one stays as the mark."""
-
-    offset: int          # of the `end` record in guard.in: input before it replayed after a crash is not reuse
-
-
-Op = ChunkOp | RuledOp | EndedOp
+Op = ChunkOp | RuledOp
 _op_encoder = msgspec.msgpack.Encoder()
 _op_decoder = msgspec.msgpack.Decoder(Op)
 
@@ -173,13 +162,6 @@ class ConversationDraft:
     partition: int = 0                  # of guard.in and the changelog
     next_record: int = 0                # sequence number of its next changelog record
     last_seen_s: float = 0.0            # wall clock of its last record (idle expiry)
-    ended_at: int | None = None         # number of its EndedOp record: the id is used up
-    ended_offset: int = -1              # guard.in offset of its `end`
-
-    def end(self, record_number: int, offset: int) -> None:
-        self.ended_at = record_number
-        self.ended_offset = offset
-        self.messages = {}
 
 
 def apply_delta(draft: ConversationDraft, delta: TokenDelta, limits: DraftLimits = DraftLimits()) -> bool:

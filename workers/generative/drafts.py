@@ -27,7 +27,6 @@ from workers.generative.assembly import (
     ChunkOp,
     ConversationDraft,
     DraftLimits,
-    EndedOp,
     Op,
     apply_chunk,
     apply_ruled,
@@ -86,12 +85,10 @@ class DraftStore:
             self._skip("changelog record of an unknown format", partition)
             return
         conversation, number = parts
-        draft = self.drafts.get(conversation)
         if value is None:
-            # The tombstones of an ended conversation's earlier records leave its end mark.
-            if draft is None or draft.ended_at is None or number >= draft.ended_at:
-                self.drafts.pop(conversation, None)
+            self.drafts.pop(conversation, None)
             return
+        draft = self.drafts.get(conversation)
         if draft is not None and number < draft.next_record:
             return   # already applied
         try:
@@ -106,8 +103,6 @@ class DraftStore:
         try:
             if isinstance(op, ChunkOp):
                 apply_chunk(draft, op, self.limits)
-            elif isinstance(op, EndedOp):
-                draft.end(number, op.offset)
             else:
                 apply_ruled(draft, op)
         except AssemblyError as exc:
@@ -127,11 +122,8 @@ class DraftStore:
         return iter([k for k, d in self.drafts.items() if now_s - d.last_seen_s >= idle_s])
 
 
-def tombstone_keys(key: bytes, draft: ConversationDraft, below: int | None = None) -> Iterable[bytes]:
-    """Keys of the draft's records (those numbered below ``below`` only, when given)."""
-    if draft.ended_at is not None and below is None:
-        return [record_key(key, draft.ended_at)]     # the others went at its end
-    return (record_key(key, n) for n in range(draft.next_record if below is None else below))
+def tombstone_keys(key: bytes, draft: ConversationDraft) -> Iterable[bytes]:
+    return (record_key(key, n) for n in range(draft.next_record))
 
 
 def make_draft_table(app: Any, store: DraftStore, name: str, partitions: int) -> Any:
