@@ -1,8 +1,10 @@
 """Packing many conversations' new tokens into padded batched model calls.
 
-Layout of one call with B conversations, past length P = longest past, S = longest new chunk:
-each past is left-padded to P (padding first, masked out), each chunk right-padded to S (padding
-last, never read). Position ids are explicit, so padding never shifts a conversation's positions.
+Layout of one call with B conversations and S = longest new chunk: the past input holds each
+conversation's cached positions first (then masked free room), each chunk is right-padded to S
+(padding last, never read). The graph returns only the new tokens' keys and values, which are
+written into each conversation's KV buffer where they belong. Position ids are explicit, so
+padding never shifts a conversation's positions (docs/onnx-export.md).
 """
 
 from __future__ import annotations
@@ -68,10 +70,15 @@ def plan_call(active: Sequence[Job], max_batch_tokens: int, max_batch_context: i
 
 
 def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> dict[str, np.ndarray]:
-    """The feed dict of one call (see module docstring for the padding layout)."""
+    """The feed dict of one call (see module docstring for the layout).
+
+    One conversation: its KV buffers are the past inputs as they are (no copy); the mask marks
+    which of their positions hold the cache. Several: each call gathers the cached positions
+    into a ``[B, kv_heads, P, head_dim]`` input (P = longest cache), the one copy left per call.
+    """
     batch = len(slots)
     new = max(slot.count for slot in slots)
-    past = max(len(slot.job.cache) for slot in slots)
+    past = slots[0].job.cache.capacity if batch == 1 else max(len(slot.job.cache) for slot in slots)
     input_ids = np.full((batch, new), PAD_TOKEN_ID, dtype=np.int64)
     attention_mask = np.zeros((batch, past + new), dtype=np.int64)
     position_ids = np.zeros((batch, new), dtype=np.int64)
@@ -79,47 +86,44 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
         job, count = slot.job, slot.count
         mine = len(job.cache)
         input_ids[b, :count] = job.token_ids[job.position: job.position + count]
-        attention_mask[b, past - mine: past + count] = 1
+        attention_mask[b, :mine] = 1
+        attention_mask[b, past: past + count] = 1
         position_ids[b] = np.arange(mine, mine + new)
     feed = {io_names.INPUT_IDS: input_ids, io_names.ATTENTION_MASK: attention_mask,
             io_names.POSITION_IDS: position_ids}
     names = io_names.past_names(num_layers)
     if batch == 1:
-        # One conversation: its cache already has the exact shape, no copy.
         tensors = slots[0].job.cache.tensors
         for i, name in enumerate(names):
             feed[name] = tensors[i][np.newaxis]
         return feed
     kv_heads, _, head_dim = slots[0].job.cache.tensors[0].shape
     for i, name in enumerate(names):
+        # Zeros, not empty: masked positions must hold finite numbers (a masked NaN still poisons).
         stacked = np.zeros((batch, kv_heads, past, head_dim), dtype=kv_dtype)
         for b, slot in enumerate(slots):
             mine = len(slot.job.cache)
             if mine:
-                stacked[b, :, past - mine:] = slot.job.cache.tensors[i]
+                stacked[b, :, :mine] = slot.job.cache.tensors[i][:, :mine]
         feed[name] = stacked
     return feed
 
 
 def absorb_outputs(slots: Sequence[Slot], outputs: Sequence[np.ndarray]) -> None:
-    """Append each job's wanted head rows and move its cache forward by the tokens it fed."""
-    heads, presents = outputs[: len(io_names.HEAD_OUTPUTS)], outputs[len(io_names.HEAD_OUTPUTS):]
-    past = max(len(slot.job.cache) for slot in slots)
-    single = len(slots) == 1
+    """Append each job's wanted head rows and write the new keys/values into its KV buffers in place."""
+    heads, new_kv = outputs[: len(io_names.HEAD_OUTPUTS)], outputs[len(io_names.HEAD_OUTPUTS):]
     for b, slot in enumerate(slots):
         job, count = slot.job, slot.count
         first_wanted = max(0, job.start - job.position)
         if first_wanted < count:
             job.rows.append([np.asarray(h[b, first_wanted:count], dtype=np.float32) for h in heads])
-        mine = len(job.cache)
-        begin, end = past - mine, past + count
-        if single and begin == 0 and end == presents[0].shape[2]:
-            job.cache.tensors = [p[0] for p in presents]
-        else:
-            # A copy: a view would keep the whole batch's presents alive.
-            job.cache.tensors = [np.ascontiguousarray(p[b, :, begin:end]) for p in presents]
+        cache = job.cache
+        mine = len(cache)
+        cache.reserve(mine + count)
+        for tensor, produced in zip(cache.tensors, new_kv, strict=True):
+            tensor[:, mine: mine + count] = produced[b, :, :count]
+        cache.token_ids.extend(job.token_ids[job.position: job.position + count])
         job.position += count
-        job.cache.token_ids = list(job.token_ids[: job.position])
 
 
 def empty_cache(num_layers: int, kv_heads: int, head_dim: int, dtype: np.dtype) -> ConversationKv:

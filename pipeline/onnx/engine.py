@@ -9,7 +9,6 @@ float rounding (model facts §6).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from pipeline.errors import UserError
 from pipeline.onnx import io_names
 from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, empty_cache, plan_call
 from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore
-from pipeline.onnx.layout import MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
+from pipeline.onnx.layout import KV_LAYOUT, MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
 from pipeline.onnx.session import choose_providers, open_session
 
 DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
@@ -72,6 +71,10 @@ class OnnxStreamEngine:
             raise UserError(f"{folder} is not a guardstream ONNX export (needs {MODEL_FILE} and metadata); "
                             "create it with `guardstream export --model CHECKPOINT --out DIR`")
         info = read_model_info(folder)
+        if info.kv_layout != KV_LAYOUT:
+            raise UserError(f"{folder} was exported by an older guardstream (KV layout "
+                            f"{info.kv_layout or 'concatenating'!r}, this engine needs {KV_LAYOUT!r}); "
+                            "export it again with `guardstream export --model CHECKPOINT --out NEW_DIR`")
         session = open_session(folder / MODEL_FILE, choose_providers(device), threads)
         engine = cls(session, info, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
                      max_batch_context=max_batch_context)
@@ -125,6 +128,8 @@ class OnnxStreamEngine:
         # Outputs come only from fed tokens: keep at most `start` cached positions.
         keep = min(cache.common_prefix(request.token_ids), request.start)
         cache.crop(keep)
+        # All the room this request needs, at once: the KV buffers grow (and copy) at most once.
+        cache.reserve(len(request.token_ids))
         return Job(index=index, key=request.key, token_ids=request.token_ids, start=request.start,
                    cache=cache, position=keep)
 
@@ -174,52 +179,3 @@ def _unique_key_waves(requests: Sequence[FeedRequest]) -> Iterator[list[tuple[in
         seen.add(request.key)
     if wave:
         yield wave
-
-
-def open_stream_engine(model: str, settings: Any) -> OnnxStreamEngine:
-    """An engine for ``model``: an export directory, or a checkpoint exported once into a cache dir.
-
-    ``settings`` is ``pipeline.config.Settings`` (device, precision, state_dir, kv_cache_bytes,
-    max_batch_tokens). Exporting needs the torch extra; loading an export does not.
-    """
-    options = {"device": settings.device, "kv_cache_bytes": settings.kv_cache_bytes,
-               "max_batch_tokens": settings.max_batch_tokens}
-    folder = Path(model)
-    if is_export_dir(folder):
-        return OnnxStreamEngine.from_dir(folder, **options)
-    precision = _export_precision(settings.precision, settings.device)
-    cached = Path(settings.state_dir) / "onnx-cache" / _cache_key(model, precision)
-    if not is_export_dir(cached):
-        try:
-            from pipeline.onnx.export import export_stream_model
-        except ImportError as exc:
-            raise UserError(f"{model} is a checkpoint, and exporting it needs torch (pip install "
-                            "'guardstream[torch]'); or pass a directory made by `guardstream export`") from exc
-        try:
-            export_stream_model(model, cached, precision=precision)
-        except UserError:
-            if not is_export_dir(cached):  # another worker may have finished the same export first
-                raise
-    return OnnxStreamEngine.from_dir(cached, **options)
-
-
-def _export_precision(precision: str, device: str) -> str:
-    if precision == "fp32":
-        return "fp32"
-    if precision in ("fp16", "bf16"):
-        return "fp16"  # ORT's bf16 coverage is thin: half precision exports as fp16
-    on_gpu = "CUDAExecutionProvider" in choose_providers(device)
-    return "fp16" if on_gpu else "fp32"
-
-
-def _cache_key(model: str, precision: str) -> str:
-    """Identity of a checkpoint export: path, file sizes and mtimes (not contents: GBs to hash)."""
-    digest = hashlib.sha256(f"{model}|{precision}|v1".encode())
-    folder = Path(model)
-    if folder.is_dir():
-        digest.update(str(folder.resolve()).encode())
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]

@@ -1,9 +1,10 @@
 """Per-conversation KV caches in a byte-bounded LRU store (numpy only).
 
-A cache is the token ids it was computed from plus, per layer, key and value arrays
-``[kv_heads, length, head_dim]``. The store evicts least-recently-used conversations once the
-byte budget is exceeded; an evicted conversation is rebuilt by the engine with a prefill from
-the ids of its next request, so eviction costs time, never correctness.
+A cache is the token ids it was computed from plus, per layer, key and value buffers
+``[kv_heads, capacity, head_dim]`` that the model's new keys and values are written into. The
+store evicts least-recently-used conversations once the byte budget is exceeded; an evicted
+conversation is rebuilt by the engine with a prefill from the ids of its next request, so
+eviction costs time, never correctness.
 """
 
 from __future__ import annotations
@@ -14,15 +15,37 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# Capacity grows in steps of a quarter of the current power of two (at least this many positions):
+# at most ~25% of a buffer is unused, and growing copies the past O(log n) times in a conversation.
+MIN_CAPACITY_STEP = 64
+
+
+def capacity_for(length: int) -> int:
+    """The buffer capacity (positions) that holds ``length`` positions: ``length`` rounded up to a step."""
+    step = max(MIN_CAPACITY_STEP, 1 << max(0, length.bit_length() - 3))
+    return -(-length // step) * step
+
 
 @dataclass
 class ConversationKv:
+    """One conversation's cached token ids and its KV buffers.
+
+    ``tensors`` are keys and values interleaved per layer (key0, value0, key1, ...), each
+    ``[kv_heads, capacity, head_dim]``. Positions ``< len(token_ids)`` hold the cache; the rest is
+    free room that the model's new keys and values are written into, in place (docs/onnx-export.md).
+    Free positions always hold finite numbers (zeros or stale values): they are masked out, and a
+    masked NaN would still poison the softmax.
+    """
+
     token_ids: list[int] = field(default_factory=list)
-    # keys and values interleaved per layer (key0, value0, key1, ...), each [kv_heads, length, head_dim].
     tensors: list[np.ndarray] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.tensors[0].shape[1]) if self.tensors else 0
 
     @property
     def nbytes(self) -> int:
@@ -31,18 +54,38 @@ class ConversationKv:
     def common_prefix(self, token_ids: Sequence[int]) -> int:
         """Length of the longest common prefix of the cached ids and ``token_ids``."""
         limit = min(len(self.token_ids), len(token_ids))
+        if self.token_ids[:limit] == list(token_ids[:limit]):  # the usual case, compared in C
+            return limit
         cached = np.asarray(self.token_ids[:limit], dtype=np.int64)
         wanted = np.asarray(token_ids[:limit], dtype=np.int64)
         differ = np.flatnonzero(cached != wanted)
         return int(differ[0]) if differ.size else limit
 
     def crop(self, length: int) -> None:
-        """Keep the first ``length`` positions (rollback of a re-tokenised tail or re-rendered history)."""
+        """Keep the first ``length`` positions (rollback of a re-tokenised tail or re-rendered history).
+
+        A small rollback keeps the buffer (the dropped positions become free room); one that
+        would leave most of it unused copies the kept part into an exact-size buffer, so the
+        longer one is freed and ``nbytes`` stays truthful.
+        """
         if length >= len(self.token_ids):
             return
-        self.token_ids = self.token_ids[:length]
-        # Copies, so the longer arrays are freed and nbytes stays truthful.
-        self.tensors = [np.ascontiguousarray(t[:, :length]) for t in self.tensors]
+        del self.token_ids[length:]
+        if 2 * length < self.capacity:
+            self.tensors = [np.ascontiguousarray(t[:, :length]) for t in self.tensors]
+
+    def reserve(self, length: int) -> None:
+        """Make room for ``length`` positions; growing copies the cached positions once."""
+        if length <= self.capacity or not self.tensors:
+            return
+        capacity, used = capacity_for(length), len(self.token_ids)
+        grown = []
+        for tensor in self.tensors:
+            heads, _, dim = tensor.shape
+            buffer = np.zeros((heads, capacity, dim), dtype=tensor.dtype)
+            buffer[:, :used] = tensor[:, :used]
+            grown.append(buffer)
+        self.tensors = grown
 
 
 class KvCacheStore:

@@ -113,7 +113,7 @@ def test_engine_refuses_a_dir_that_is_not_an_export(tiny_stream_dir: Path) -> No
 
 def test_open_stream_engine_exports_a_checkpoint_once_and_reuses_it(tiny_stream_dir: Path, tmp_path: Path) -> None:
     from pipeline.config import Settings
-    from pipeline.onnx.engine import open_stream_engine
+    from pipeline.onnx.loader import open_stream_engine
 
     settings = Settings(state_dir=str(tmp_path / "state"), device="cpu")
     first = open_stream_engine(str(tiny_stream_dir), settings)

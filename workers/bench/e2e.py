@@ -119,8 +119,8 @@ def _cpu_count() -> int:
 
 def _engine(model: str, settings: Settings) -> tuple[Any, str, str]:
     """(engine, folder with config.json and tokenizer, label)."""
-    from pipeline.onnx.engine import open_stream_engine
     from pipeline.onnx.layout import is_export_dir
+    from pipeline.onnx.loader import open_stream_engine
 
     if model:
         return open_stream_engine(model, settings), model, model
