@@ -31,6 +31,15 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run in seconds")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: all usable cores)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="Precision of the --size export (default fp32; fp16 is for the CUDA provider)")
+    parser.add_argument("--contexts", default="", metavar="N,N,...",
+                        help="Contexts of the per-token cost curve (default: the plan's; e.g. 256,8000)")
+    parser.add_argument("--batch-sizes", default="", metavar="N,N,...",
+                        help="Batch sizes of the throughput curve (default: the plan's)")
+    parser.add_argument("--repeats", type=int, default=0, help="Timed repeats per case (default: the plan's)")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="Skip the re-run-the-prefix baseline (it dominates the run time at long contexts)")
     add_settings_arguments(parser, ["state_dir", "device"])
     parser.set_defaults(func=run)
 
@@ -40,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.config import settings_from_args
     from pipeline.onnx.engine import OnnxStreamEngine
-    from workers.bench.engine_cases import BenchPlan, EngineBench
+    from workers.bench.engine_cases import EngineBench
 
     settings = settings_from_args(args)
     console = Console(stderr=True)
@@ -52,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     say(f"loading {export_dir}")
     engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device, kv_cache_bytes=6 * 1024**3,
                                        threads=args.threads or None)
-    plan = BenchPlan.quick() if args.quick else BenchPlan.full()
+    plan = _plan(args)
     started, load_before = time.monotonic(), os.getloadavg()
     result = EngineBench(engine, plan, say).run()
     report = {
@@ -76,16 +85,56 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sizes(text: str, flag: str) -> tuple[int, ...]:
+    from pipeline.errors import UserError
+
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text!r}: give positive integers separated by commas, e.g. {flag} 256,8000")
+    return values
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from workers.bench.engine_cases import BenchPlan
+
+    plan = BenchPlan.quick() if args.quick else BenchPlan.full()
+    changes: dict[str, Any] = {}
+    if args.contexts:
+        changes["contexts"] = _sizes(args.contexts, "--contexts")
+    if args.batch_sizes:
+        changes["batch_sizes"] = _sizes(args.batch_sizes, "--batch-sizes")
+    if args.repeats:
+        changes["repeats"] = max(1, args.repeats)
+    if args.no_baseline:
+        changes["baseline_contexts"] = ()
+    return dataclasses.replace(plan, **changes)
+
+
 def _argv(args: argparse.Namespace) -> list[str]:
     parts = [f"--model {args.model}"] if args.model else [f"--size {args.size}"]
     if args.quick:
         parts.append("--quick")
+    if args.precision != "fp32" and not args.model:
+        parts.append(f"--precision {args.precision}")
+    for flag, value in (("--contexts", args.contexts), ("--batch-sizes", args.batch_sizes),
+                        ("--repeats", args.repeats or "")):
+        if value:
+            parts.append(f"{flag} {value}")
+    if args.no_baseline:
+        parts.append("--no-baseline")
+    if args.device:
+        parts.append(f"--device {args.device}")
     return parts
 
 
 def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
     from pipeline.errors import UserError
-    from pipeline.onnx.layout import is_export_dir
+    from pipeline.onnx.layout import KV_LAYOUT, has_current_layout, is_export_dir
 
     if args.model:
         folder = Path(args.model)
@@ -95,8 +144,8 @@ def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
             raise UserError(f"--model {folder} does not exist; pass an export dir, a checkpoint dir, or use --size")
     size = "tiny" if args.quick and not args.model else args.size
     root = Path(settings.state_dir) / "bench-models"
-    export_dir = root / f"{size}-onnx-fp32"
-    if is_export_dir(export_dir):
+    export_dir = root / f"{size}-onnx-{args.precision}-{KV_LAYOUT}"
+    if has_current_layout(export_dir):
         return export_dir
     try:
         from pipeline.model.checkpoint import init_random_stream
@@ -107,7 +156,7 @@ def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
     if not args.model and not (checkpoint / "config.json").is_file():
         say(f"making a random {size} checkpoint in {checkpoint}")
         init_random_stream(checkpoint, size, seed=0)
-    return export_stream_model(str(checkpoint), export_dir, progress=say)
+    return export_stream_model(str(checkpoint), export_dir, precision=args.precision, progress=say)
 
 
 def machine_description(providers: list[str]) -> str:
