@@ -127,6 +127,11 @@ class Settings:
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
     )
+    engine_threads: int = field(
+        default=0,
+        metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
+                      "machine give each cores/N, docs/deploy.md)", "worker"),
+    )
     gen_max_batch: int = field(default=8, metadata=_opt("Generative worker: largest batch", "worker"))
     gen_concurrency: int = field(
         default=1, metadata=_opt("Generative worker: model calls in flight at once", "worker")

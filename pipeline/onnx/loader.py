@@ -20,13 +20,16 @@ def open_stream_engine(model: str, settings: Any) -> OnnxStreamEngine:
     """An engine for ``model``: an export directory, or a checkpoint exported once into a cache dir.
 
     ``settings`` is ``pipeline.config.Settings`` (device, precision, state_dir, kv_cache_bytes,
-    max_batch_tokens). Exporting needs the torch extra; loading an export does not.
+    max_batch_tokens, engine_threads). Exporting needs the torch extra; loading an export does not.
     """
-    options = {"device": settings.device, "kv_cache_bytes": settings.kv_cache_bytes,
-               "max_batch_tokens": settings.max_batch_tokens}
+    def load(folder: Path) -> OnnxStreamEngine:
+        return OnnxStreamEngine.from_dir(folder, device=settings.device, kv_cache_bytes=settings.kv_cache_bytes,
+                                         max_batch_tokens=settings.max_batch_tokens,
+                                         threads=int(settings.engine_threads) or None)
+
     folder = Path(model)
     if is_export_dir(folder):
-        return OnnxStreamEngine.from_dir(folder, **options)
+        return load(folder)
     precision = _export_precision(settings.precision, settings.device)
     cached = Path(settings.state_dir) / "onnx-cache" / _cache_key(model, precision)
     if not has_current_layout(cached):
@@ -40,7 +43,7 @@ def open_stream_engine(model: str, settings: Any) -> OnnxStreamEngine:
         except UserError:
             if not has_current_layout(cached):  # another worker may have finished the same export first
                 raise
-    return OnnxStreamEngine.from_dir(cached, **options)
+    return load(cached)
 
 
 def _export_precision(precision: str, device: str) -> str:

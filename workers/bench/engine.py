@@ -38,9 +38,12 @@ def register(sub: Any) -> None:
     parser.add_argument("--batch-sizes", default="", metavar="N,N,...",
                         help="Batch sizes of the throughput curve (default: the plan's)")
     parser.add_argument("--repeats", type=int, default=0, help="Timed repeats per case (default: the plan's)")
+    parser.add_argument("--max-batch-context", type=int, default=0,
+                        help="Bound on padded context per engine call (default 8192; raise it for GPU batches)")
+    parser.add_argument("--kv-cache-gib", type=float, default=6.0, help="KV cache budget in GiB (default 6)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="Skip the re-run-the-prefix baseline (it dominates the run time at long contexts)")
-    add_settings_arguments(parser, ["state_dir", "device"])
+    add_settings_arguments(parser, ["state_dir", "device", "max_batch_tokens"])
     parser.set_defaults(func=run)
 
 
@@ -59,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
 
     export_dir = _export_dir(args, settings, say)
     say(f"loading {export_dir}")
-    engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device, kv_cache_bytes=6 * 1024**3,
-                                       threads=args.threads or None)
+    from pipeline.onnx.engine import DEFAULT_MAX_BATCH_CONTEXT
+
+    engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device,
+                                       kv_cache_bytes=int(args.kv_cache_gib * 2**30),
+                                       threads=args.threads or None, max_batch_tokens=settings.max_batch_tokens,
+                                       max_batch_context=args.max_batch_context or DEFAULT_MAX_BATCH_CONTEXT)
     plan = _plan(args)
     started, load_before = time.monotonic(), os.getloadavg()
     result = EngineBench(engine, plan, say).run()
@@ -127,6 +134,10 @@ def _argv(args: argparse.Namespace) -> list[str]:
             parts.append(f"{flag} {value}")
     if args.no_baseline:
         parts.append("--no-baseline")
+    if args.max_batch_context:
+        parts.append(f"--max-batch-context {args.max_batch_context}")
+    if args.max_batch_tokens:
+        parts.append(f"--max-batch-tokens {args.max_batch_tokens}")
     if args.device:
         parts.append(f"--device {args.device}")
     return parts

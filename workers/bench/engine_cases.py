@@ -54,8 +54,10 @@ class ContextPoint:
 @dataclass
 class ThroughputPoint:
     size: int            # batch size or chunk size
-    tokens_per_s: float
-    ms_per_call: float
+    tokens_per_s: float  # from the fastest repeat
+    ms_per_call: float   # the fastest repeat
+    p50_ms: float | None = None  # median and 99th percentile of the repeats (per-step latency)
+    p99_ms: float | None = None
 
 
 @dataclass
@@ -167,7 +169,8 @@ class EngineBench:
             for key in keys:
                 self.engine.evict(key)
             seconds = _best(calls)
-            points.append(ThroughputPoint(size, size / seconds, 1000 * seconds))
+            p50, p99 = (1000 * float(np.percentile(calls, q)) for q in (50, 99))
+            points.append(ThroughputPoint(size, size / seconds, 1000 * seconds, p50, p99))
             self.say(f"batch {size}: {size / seconds:.1f} tokens/s")
         return points
 
