@@ -41,6 +41,11 @@ def register(sub: Any) -> None:
     parser.add_argument("--max-batch-context", type=int, default=0,
                         help="Bound on padded context per engine call (default 8192; raise it for GPU batches)")
     parser.add_argument("--kv-cache-gib", type=float, default=6.0, help="KV cache budget in GiB (default 6)")
+    parser.add_argument("--processes", default="", metavar="N,N,...",
+                        help="Instead of the curves: aggregate tokens/s of N engine processes on this machine "
+                             "(each its own session, cores/N threads, a batch stepping one token at a time)")
+    parser.add_argument("--process-batch", type=int, default=8, help="--processes: conversations per process")
+    parser.add_argument("--process-seconds", type=float, default=10.0, help="--processes: timed seconds per N")
     parser.add_argument("--no-baseline", action="store_true",
                         help="Skip the re-run-the-prefix baseline (it dominates the run time at long contexts)")
     add_settings_arguments(parser, ["state_dir", "device", "max_batch_tokens"])
@@ -61,6 +66,9 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[dim]bench engine[/]: {message}")
 
     export_dir = _export_dir(args, settings, say)
+    if args.processes:
+        OnnxStreamEngine.from_dir(export_dir, device="cpu", warmup=False)  # a bad export fails here, once
+        return _run_processes(args, settings, export_dir, say)
     say(f"loading {export_dir}")
     from pipeline.onnx.engine import DEFAULT_MAX_BATCH_CONTEXT
 
@@ -90,6 +98,68 @@ def run(args: argparse.Namespace) -> int:
     Console().print(render_tables(report))
     say(f"wrote engine.json, engine.md and engine.png into {args.out}")
     return 0
+
+
+def _run_processes(args: argparse.Namespace, settings: Any, export_dir: Path, say: Any) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from workers.bench.engine_processes import measure
+
+    counts = _sizes(args.processes, "--processes")
+    context = _plan(args).batch_context
+    say(f"processes {counts}: batch {args.process_batch} at context {context}, {args.process_seconds:g} s each")
+    load_before = os.getloadavg()
+    points = measure(export_dir, counts, args.process_batch, context, args.process_seconds, settings.device)
+    from pipeline.onnx.layout import read_model_info
+
+    report = {
+        "command": "guardstream bench engine " + " ".join(_argv(args)),
+        "machine": machine_description(["(per process)"]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": read_model_info(export_dir).as_dict()["model_name"],
+        "batch": args.process_batch, "context": context, "seconds_per_level": args.process_seconds,
+        "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+        "results": points,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engine-processes.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = Table(title=f"Engine processes on one machine (batch {args.process_batch}, context {context})")
+    for column in ("processes", "threads each", "tokens/s (all)", "tokens/s per process"):
+        table.add_column(column, justify="right")
+    lines = [f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", "",
+             "| processes | threads each | tokens/s (all) | tokens/s per process |", "|---:|---:|---:|---:|"]
+    for p in points:
+        row = (str(p["processes"]), str(p["threads_per_process"]), f"{p['tokens_per_s']:.1f}",
+               f"{p['tokens_per_s_per_process']:.1f}")
+        table.add_row(*row)
+        lines.append("| " + " | ".join(row) + " |")
+    (args.out / "engine-processes.md").write_text("\n".join(lines) + "\n")
+    _plot_processes(report, args.out / "engine-processes.png")
+    Console().print(table)
+    say(f"wrote engine-processes.json, .md and .png into {args.out}")
+    return 0
+
+
+def _plot_processes(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = report["results"]
+    counts = [p["processes"] for p in points]
+    fig, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(counts, [p["tokens_per_s"] for p in points], "o-", label="all processes")
+    axis.plot(counts, [p["tokens_per_s_per_process"] for p in points], "s--", label="per process")
+    axis.set(xlabel="engine processes on the machine", ylabel="tokens/s",
+             title=f"batch {report['batch']} at context {report['context']}")
+    axis.set_xticks(counts, [str(c) for c in counts])
+    axis.legend()
+    fig.suptitle(f"{report['model']} - {report['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _sizes(text: str, flag: str) -> tuple[int, ...]:
@@ -134,6 +204,9 @@ def _argv(args: argparse.Namespace) -> list[str]:
             parts.append(f"{flag} {value}")
     if args.no_baseline:
         parts.append("--no-baseline")
+    if args.processes:
+        parts.append(f"--processes {args.processes} --process-batch {args.process_batch} "
+                     f"--process-seconds {args.process_seconds:g}")
     if args.max_batch_context:
         parts.append(f"--max-batch-context {args.max_batch_context}")
     if args.max_batch_tokens:
