@@ -18,8 +18,8 @@ import numpy as np
 from pipeline.engine.types import FeedRequest, HeadOutputs
 from pipeline.errors import UserError
 from pipeline.onnx import io_names
-from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, empty_cache, plan_call
-from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore
+from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, plan_call
+from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore, KvSlabs
 from pipeline.onnx.layout import KV_LAYOUT, MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
 from pipeline.onnx.session import CUDA, choose_providers, open_session
 
@@ -52,6 +52,7 @@ class OnnxStreamEngine:
         self.max_batch_context = max(max_batch_context, max_batch_tokens)
         self.kv_dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
         self.cache = KvCacheStore(kv_cache_bytes)
+        self.slabs = KvSlabs(info.num_layers, info.num_kv_heads, info.head_dim, self.kv_dtype)
         self.model_calls = 0  # counts ORT calls; tests and benchmarks read it
         self.output_names = [output.name for output in session.get_outputs()]
         on_cuda = CUDA in session.get_providers()[:1]
@@ -108,7 +109,7 @@ class OnnxStreamEngine:
         try:
             active = [job for job in jobs if job.remaining > 0]
             while active:
-                slots = plan_call(active, self.max_batch_tokens, self.max_batch_context)
+                slots = plan_call(_one_slab(active), self.max_batch_tokens, self.max_batch_context)
                 feed = build_inputs(slots, self.info.num_layers, self.kv_dtype)
                 outputs = self._call(feed)
                 self.model_calls += 1
@@ -118,6 +119,7 @@ class OnnxStreamEngine:
             # A failed call leaves caches half-advanced: forget them; the next request rebuilds.
             for job in jobs:
                 self.cache.discard(job.key)
+                job.cache.release()
             raise
         for job in jobs:
             results[job.index] = self._collect(job)
@@ -143,7 +145,8 @@ class OnnxStreamEngine:
                              f"{self.info.max_position_embeddings}")
 
     def _start_job(self, index: int, request: FeedRequest) -> Job:
-        cache = self.cache.take(request.key) or self._empty_cache()
+        cached = self.cache.take(request.key)  # not `or`: an empty cache is falsy and holds a slot
+        cache = cached if cached is not None else self._empty_cache()
         # Outputs come only from fed tokens: keep at most `start` cached positions.
         keep = min(cache.common_prefix(request.token_ids), request.start)
         cache.crop(keep)
@@ -153,7 +156,20 @@ class OnnxStreamEngine:
                    cache=cache, position=keep)
 
     def _empty_cache(self) -> ConversationKv:
-        return empty_cache(self.info.num_layers, self.info.num_kv_heads, self.info.head_dim, self.kv_dtype)
+        return self.slabs.new_cache()
+
+    def copy_conversation(self, source: str, target: str) -> None:
+        """Give ``target`` a copy of ``source``'s cache (benchmarks fill many conversations this way)."""
+        original = self.cache.take(source)
+        if original is None:
+            raise KeyError(source)
+        copy = self.slabs.new_cache()
+        copy.reserve(len(original))
+        for mine, theirs in zip(copy.tensors, original.tensors, strict=True):
+            mine[:, :len(original)] = theirs[:, :len(original)]
+        copy.token_ids = list(original.token_ids)
+        self.cache.put(source, original)
+        self.cache.put(target, copy)
 
     def _collect(self, job: Job) -> HeadOutputs:
         if job.rows:
@@ -184,6 +200,14 @@ class OnnxStreamEngine:
             for name in io_names.past_names(self.info.num_layers):
                 feed[name] = np.zeros(shape, dtype=self.kv_dtype)
             self._call(feed)
+
+
+def _one_slab(active: list[Job]) -> list[Job]:
+    """The jobs of the call to plan: those sharing the first job's slab (their buffers are one array)."""
+    slab = active[0].cache.slab
+    if slab is None:
+        return [job for job in active if job.cache.slab is None]
+    return [job for job in active if job.cache.slab is slab]
 
 
 def _unique_key_waves(requests: Sequence[FeedRequest]) -> Iterator[list[tuple[int, FeedRequest]]]:

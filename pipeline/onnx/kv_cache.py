@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,10 @@ class ConversationKv:
 
     token_ids: list[int] = field(default_factory=list)
     tensors: list[np.ndarray] = field(default_factory=list)
+    # Where the buffers live when they are a slot of a shared slab (None: arrays of their own).
+    slab: KvSlab | None = None
+    slot: int = -1
+    slabs: KvSlabs | None = None  # where a grown buffer is taken from
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -71,14 +76,24 @@ class ConversationKv:
         if length >= len(self.token_ids):
             return
         del self.token_ids[length:]
-        if 2 * length < self.capacity:
+        if self.slab is None and 2 * length < self.capacity:
             self.tensors = [np.ascontiguousarray(t[:, :length]) for t in self.tensors]
 
     def reserve(self, length: int) -> None:
         """Make room for ``length`` positions; growing copies the cached positions once."""
-        if length <= self.capacity or not self.tensors:
+        if length <= self.capacity:
             return
         capacity, used = capacity_for(length), len(self.token_ids)
+        if self.slabs is not None:
+            slab, slot = self.slabs.place(capacity)
+            views = slab.views(slot)
+            for view, tensor in zip(views, self.tensors, strict=False):
+                view[:, :used] = tensor[:, :used]
+            self.release()
+            self.tensors, self.slab, self.slot = views, slab, slot
+            return
+        if not self.tensors:
+            return
         grown = []
         for tensor in self.tensors:
             heads, _, dim = tensor.shape
@@ -86,6 +101,92 @@ class ConversationKv:
             buffer[:, :used] = tensor[:, :used]
             grown.append(buffer)
         self.tensors = grown
+
+    def release(self) -> None:
+        """Give the slab slot back (the cache is dropped or moves to a bigger slot)."""
+        if self.slab is not None:
+            self.slab.give_back(self.slot)
+            self.slab, self.slot = None, -1
+        self.tensors = []
+
+
+class KvSlab:
+    """Same-capacity KV buffers of many conversations: per layer and K/V one ``[slots, kv_heads, C, head_dim]``.
+
+    A conversation is a slot; the slots ``lo..hi`` of a slab are one contiguous array, so a batched
+    call over conversations of one slab passes them to the model without gathering (docs/onnx-export.md).
+    """
+
+    def __init__(self, count: int, kv_heads: int, capacity: int, head_dim: int, dtype: np.dtype, slots: int) -> None:
+        # Zeros are mapped lazily by the OS: unused slots cost address space, not memory.
+        self.arrays = [np.zeros((slots, kv_heads, capacity, head_dim), dtype=dtype) for _ in range(count)]
+        self.capacity = capacity
+        self.slots = slots
+        self._free = list(range(slots - 1, -1, -1))  # pop() hands out the lowest slot: slots stay packed
+
+    @property
+    def used(self) -> int:
+        return self.slots - len(self._free)
+
+    def take_slot(self) -> int | None:
+        return self._free.pop() if self._free else None
+
+    def give_back(self, slot: int) -> None:
+        self._free.append(slot)
+        self._free.sort(reverse=True)
+
+    def views(self, slot: int) -> list[np.ndarray]:
+        return [array[slot] for array in self.arrays]
+
+
+class KvSlabs:
+    """The slabs of one engine, one list per capacity; a slab that empties is freed."""
+
+    def __init__(self, num_layers: int, kv_heads: int, head_dim: int, dtype: np.dtype,
+                 slab_bytes: int = 1 << 30, max_slots: int = 64) -> None:
+        self.shape = (2 * num_layers, kv_heads, head_dim)
+        self.dtype = np.dtype(dtype)
+        self.slab_bytes = slab_bytes
+        self.max_slots = max_slots
+        self._by_capacity: dict[int, list[KvSlab]] = {}
+
+    def new_cache(self) -> ConversationKv:
+        return ConversationKv(slabs=self)
+
+    def place(self, capacity: int) -> tuple[KvSlab, int]:
+        slabs = self._by_capacity.setdefault(capacity, [])
+        for slab in slabs:
+            slot = slab.take_slot()
+            if slot is not None:
+                return slab, slot
+        count, kv_heads, head_dim = self.shape
+        per_slot = count * kv_heads * capacity * head_dim * self.dtype.itemsize
+        slots = max(1, min(self.max_slots, self.slab_bytes // per_slot))
+        slab = _SelfFreeingSlab(self, count, kv_heads, capacity, head_dim, self.dtype, slots)
+        slabs.append(slab)
+        slot = slab.take_slot()
+        assert slot is not None
+        return slab, slot
+
+    def drop_if_empty(self, slab: KvSlab) -> None:
+        if slab.used == 0:
+            slabs = self._by_capacity.get(slab.capacity, [])
+            if slab in slabs:
+                slabs.remove(slab)
+
+    @property
+    def slab_count(self) -> int:
+        return sum(len(slabs) for slabs in self._by_capacity.values())
+
+
+class _SelfFreeingSlab(KvSlab):
+    def __init__(self, owner: KvSlabs, *args: Any) -> None:
+        super().__init__(*args)
+        self._owner = owner
+
+    def give_back(self, slot: int) -> None:
+        super().give_back(slot)
+        self._owner.drop_if_empty(self)
 
 
 class KvCacheStore:
@@ -125,6 +226,7 @@ class KvCacheStore:
         size = entry.nbytes
         if size > self.budget_bytes:
             self.evictions += 1
+            entry.release()
             return
         self._entries[key] = entry
         self._bytes += size
@@ -132,11 +234,13 @@ class KvCacheStore:
             _, evicted = self._entries.popitem(last=False)
             self._bytes -= evicted.nbytes
             self.evictions += 1
+            evicted.release()
 
     def discard(self, key: str) -> None:
         entry = self._entries.pop(key, None)
         if entry is not None:
             self._bytes -= entry.nbytes
+            entry.release()
 
     def keys(self) -> list[str]:
         """Keys from least to most recently used."""

@@ -75,3 +75,48 @@ def test_engine_refuses_an_export_with_the_old_kv_layout(tiny_onnx_dir: Path, tm
     (old / METADATA_FILE).write_text(json.dumps(metadata))
     with pytest.raises(UserError, match="export it again"):
         OnnxStreamEngine.from_dir(old, device="cpu", warmup=False)
+
+
+def test_conversations_of_one_slab_are_batched_without_gathering_their_past(tiny_onnx_dir: Path) -> None:
+    from pipeline.onnx.batching import Job, Slot, build_inputs
+
+    engine = OnnxStreamEngine.from_dir(tiny_onnx_dir, device="cpu", warmup=False)
+    streams = {f"c{i}": list(range(2000 + 50 * i, 2030 + 50 * i)) for i in range(3)}
+    engine.run([FeedRequest(key, ids[:20], 0) for key, ids in streams.items()])
+    caches = {key: engine.cache.take(key) for key in streams}
+    assert len({id(c.slab) for c in caches.values() if c is not None}) == 1, "one capacity: one slab"
+    slots = [Slot(Job(i, key, streams[key], 20, cache, 20), 3)
+             for i, (key, cache) in enumerate(caches.items()) if cache is not None]
+    feed = build_inputs(slots, engine.info.num_layers, engine.kv_dtype)
+    past = feed["past_key_values.0.key"]
+    assert np.shares_memory(past, slots[0].job.cache.tensors[0]), "the call must read the slab itself"
+
+
+def test_a_call_over_a_slab_range_with_an_idle_conversation_gives_the_unbatched_outputs(
+    tiny_onnx_dir: Path,
+) -> None:
+    engine = OnnxStreamEngine.from_dir(tiny_onnx_dir, device="cpu", warmup=False)
+    alone = OnnxStreamEngine.from_dir(tiny_onnx_dir, device="cpu", warmup=False)
+    streams = {f"c{i}": list(range(3000 + 70 * i, 3040 + 70 * i)) for i in range(3)}
+    engine.run([FeedRequest(key, ids[:25], 0) for key, ids in streams.items()])
+    # c1 sits between c0 and c2 in the slab and takes no part in this call: an idle row.
+    together = engine.run([FeedRequest(k, streams[k], 25) for k in ("c0", "c2")])
+    for key, got in zip(("c0", "c2"), together, strict=True):
+        (expected,) = alone.run([FeedRequest(key, streams[key], 25)])
+        assert max_abs_diff(as_heads(expected), as_heads(got)) < 1e-5, key
+
+
+def test_evicted_and_failed_conversations_give_their_slots_back(tiny_onnx_dir: Path) -> None:
+    engine = OnnxStreamEngine.from_dir(tiny_onnx_dir, device="cpu", warmup=False)
+    engine.run([FeedRequest(f"k{i}", list(range(100, 120)), 0) for i in range(3)])
+    assert engine.slabs.slab_count == 1
+    for i in range(3):
+        engine.evict(f"k{i}")
+    assert engine.slabs.slab_count == 0, "an emptied slab is freed"
+    with pytest.raises(ValueError):
+        engine.run([FeedRequest("ok", [1, 2, 3], 0), FeedRequest("bad", [1] * 10, 11)])
+    assert engine.slabs.slab_count == 0
+    broken = FeedRequest("boom", [10**9], 0)  # an id outside the vocabulary: ORT refuses the call
+    with pytest.raises(Exception):  # noqa: B017 - whatever ORT raises, the slot must come back
+        engine.run([broken])
+    assert engine.slabs.slab_count == 0 and "boom" not in engine.cache

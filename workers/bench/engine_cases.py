@@ -16,7 +16,6 @@ import numpy as np
 
 from pipeline.engine.types import FeedRequest
 from pipeline.onnx.engine import OnnxStreamEngine
-from pipeline.onnx.kv_cache import ConversationKv
 
 
 @dataclass(frozen=True)
@@ -151,10 +150,8 @@ class EngineBench:
         """Give every key the same cached context (copies of one prefill: compute does not depend on ids)."""
         context = self.plan.batch_context
         self.engine.run([FeedRequest(keys[0], self.ids[:context], context)])
-        template = self.engine.cache.take(keys[0])
-        assert template is not None
-        for key in keys:
-            self.engine.cache.put(key, ConversationKv(list(template.token_ids), [t.copy() for t in template.tensors]))
+        for key in keys[1:]:
+            self.engine.copy_conversation(keys[0], key)
 
     def batch_curve(self) -> list[ThroughputPoint]:
         points, context = [], self.plan.batch_context
