@@ -117,6 +117,8 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
     feed = {io_names.INPUT_IDS: input_ids, io_names.ATTENTION_MASK: attention_mask,
             io_names.POSITION_IDS: position_ids}
     names = io_names.past_names(num_layers)
+    if slab is not None and not slab.arrays:
+        return feed  # device-resident slab: the past is bound by pointer (pipeline/onnx/device_kv.py)
     if len(slots) == 1:
         tensors = slots[0].job.cache.tensors
         for i, name in enumerate(names):
@@ -139,8 +141,11 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
     return feed
 
 
-def absorb_outputs(slots: Sequence[Slot], outputs: Sequence[np.ndarray]) -> None:
-    """Append each job's wanted head rows and write the new keys/values into its KV buffers in place."""
+def absorb_outputs(slots: Sequence[Slot], outputs: Sequence[np.ndarray], write_kv: bool = True) -> None:
+    """Append each job's wanted head rows and write the new keys/values into its KV buffers in place.
+
+    ``write_kv=False``: the new keys/values were already written where the buffers live (device).
+    """
     heads, new_kv = outputs[: len(io_names.HEAD_OUTPUTS)], outputs[len(io_names.HEAD_OUTPUTS):]
     _, row_of = call_rows(slots)
     for b, slot in zip(row_of, slots, strict=True):
@@ -149,10 +154,11 @@ def absorb_outputs(slots: Sequence[Slot], outputs: Sequence[np.ndarray]) -> None
         if first_wanted < count:
             job.rows.append([np.asarray(h[b, first_wanted:count], dtype=np.float32) for h in heads])
         cache = job.cache
-        mine = len(cache)
-        cache.reserve(mine + count)
-        for tensor, produced in zip(cache.tensors, new_kv, strict=True):
-            tensor[:, mine: mine + count] = produced[b, :, :count]
+        if write_kv:
+            mine = len(cache)
+            cache.reserve(mine + count)
+            for tensor, produced in zip(cache.tensors, new_kv, strict=True):
+                tensor[:, mine: mine + count] = produced[b, :, :count]
         cache.token_ids.extend(job.token_ids[job.position: job.position + count])
         job.position += count
 

@@ -19,6 +19,7 @@ from pipeline.engine.types import FeedRequest, HeadOutputs
 from pipeline.errors import UserError
 from pipeline.onnx import io_names
 from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, plan_call
+from pipeline.onnx.device_kv import WRITER_FILE, DeviceSlabs, device_call
 from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore, KvSlabs
 from pipeline.onnx.layout import KV_LAYOUT, MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
 from pipeline.onnx.session import CUDA, choose_providers, open_session
@@ -42,6 +43,7 @@ class OnnxStreamEngine:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_context: int = DEFAULT_MAX_BATCH_CONTEXT,
         io_binding: bool | None = None,
+        device_slabs: DeviceSlabs | None = None,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be at least 1")
@@ -52,7 +54,10 @@ class OnnxStreamEngine:
         self.max_batch_context = max(max_batch_context, max_batch_tokens)
         self.kv_dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
         self.cache = KvCacheStore(kv_cache_bytes)
-        self.slabs = KvSlabs(info.num_layers, info.num_kv_heads, info.head_dim, self.kv_dtype)
+        # KV in ONNX Runtime's memory (the GPU under CUDA) when given, else numpy slabs in host memory.
+        self.device_slabs = device_slabs
+        self.slabs: KvSlabs = device_slabs or KvSlabs(info.num_layers, info.num_kv_heads, info.head_dim,
+                                                      self.kv_dtype)
         self.model_calls = 0  # counts ORT calls; tests and benchmarks read it
         self.output_names = [output.name for output in session.get_outputs()]
         on_cuda = CUDA in session.get_providers()[:1]
@@ -73,6 +78,7 @@ class OnnxStreamEngine:
         threads: int | None = None,
         warmup: bool = True,
         io_binding: bool | None = None,
+        kv_on_device: bool | None = None,
     ) -> OnnxStreamEngine:
         """Load an export directory written by ``guardstream export``."""
         folder = Path(path)
@@ -84,9 +90,11 @@ class OnnxStreamEngine:
             raise UserError(f"{folder} was exported by an older guardstream (KV layout "
                             f"{info.kv_layout or 'concatenating'!r}, this engine needs {KV_LAYOUT!r}); "
                             "export it again with `guardstream export --model CHECKPOINT --out NEW_DIR`")
-        session = open_session(folder / MODEL_FILE, choose_providers(device), threads)
+        providers = choose_providers(device)
+        session = open_session(folder / MODEL_FILE, providers, threads)
+        device_slabs = _device_slabs(folder, info, providers, kv_on_device)
         engine = cls(session, info, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
-                     max_batch_context=max_batch_context, io_binding=io_binding)
+                     max_batch_context=max_batch_context, io_binding=io_binding, device_slabs=device_slabs)
         if warmup:
             engine.warm_up()
         return engine
@@ -111,9 +119,14 @@ class OnnxStreamEngine:
             while active:
                 slots = plan_call(_one_slab(active), self.max_batch_tokens, self.max_batch_context)
                 feed = build_inputs(slots, self.info.num_layers, self.kv_dtype)
-                outputs = self._call(feed)
-                self.model_calls += 1
-                absorb_outputs(slots, outputs)
+                if self.device_slabs is not None:
+                    heads = device_call(self.session, self.device_slabs, slots, feed, self.info.num_layers)
+                    self.model_calls += 1
+                    absorb_outputs(slots, heads, write_kv=False)
+                else:
+                    outputs = self._call(feed)
+                    self.model_calls += 1
+                    absorb_outputs(slots, outputs)
                 active = [job for job in active if job.remaining > 0]
         except BaseException:
             # A failed call leaves caches half-advanced: forget them; the next request rebuilds.
@@ -150,8 +163,9 @@ class OnnxStreamEngine:
         # Outputs come only from fed tokens: keep at most `start` cached positions.
         keep = min(cache.common_prefix(request.token_ids), request.start)
         cache.crop(keep)
-        # All the room this request needs, at once: the KV buffers grow (and copy) at most once.
-        cache.reserve(len(request.token_ids))
+        # All the room this request needs, at once: the KV buffers grow (and copy) at most once. On the
+        # device one more: each slot's last position stays free as the scatter's scratch target.
+        cache.reserve(len(request.token_ids) + (self.device_slabs is not None))
         return Job(index=index, key=request.key, token_ids=request.token_ids, start=request.start,
                    cache=cache, position=keep)
 
@@ -164,9 +178,9 @@ class OnnxStreamEngine:
         if original is None:
             raise KeyError(source)
         copy = self.slabs.new_cache()
-        copy.reserve(len(original))
-        for mine, theirs in zip(copy.tensors, original.tensors, strict=True):
-            mine[:, :len(original)] = theirs[:, :len(original)]
+        copy.reserve(original.capacity)
+        assert copy.slab is not None
+        self.slabs.move(original, copy.slab, copy.slot)
         copy.token_ids = list(original.token_ids)
         self.cache.put(source, original)
         self.cache.put(target, copy)
@@ -200,6 +214,22 @@ class OnnxStreamEngine:
             for name in io_names.past_names(self.info.num_layers):
                 feed[name] = np.zeros(shape, dtype=self.kv_dtype)
             self._call(feed)
+
+
+def _device_slabs(folder: Path, info: OnnxModelInfo, providers: list[str],
+                  kv_on_device: bool | None) -> DeviceSlabs | None:
+    """Device-resident KV slabs: on by default under CUDA; ``kv_on_device=True`` runs them on the CPU too."""
+    on_cuda = providers[0] == CUDA
+    wanted = on_cuda if kv_on_device is None else kv_on_device
+    if not wanted:
+        return None
+    writer = folder / WRITER_FILE
+    if not writer.is_file():
+        raise UserError(f"{folder} has no {WRITER_FILE} (device-resident KV needs it); export it again with "
+                        "`guardstream export --model CHECKPOINT --out NEW_DIR`")
+    dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
+    return DeviceSlabs(str(writer), providers, "cuda" if on_cuda else "cpu", info.num_layers, info.num_kv_heads,
+                       info.head_dim, dtype)
 
 
 def _one_slab(active: list[Job]) -> list[Job]:

@@ -36,6 +36,7 @@ from pipeline.onnx.layout import (
     METADATA_FILE,
     MODEL_FILE,
     TOKENIZER_FILE_NAMES,
+    WRITER_FILE,
     OnnxModelInfo,
 )
 from pipeline.onnx.parity import PARITY_TOLERANCE, ExportError, ParityReport, check_parity
@@ -85,6 +86,7 @@ def export_stream_model(
         _export_graph(stream, work / MODEL_FILE, precision, opset)
         say(f"exported in {time.monotonic() - started:.0f} s; checking the graph")
         _check_graph(work / MODEL_FILE)
+        _write_kv_writer(work / WRITER_FILE, int(config["num_hidden_layers"]), precision)
         info = _write_companions(work, source, config, precision, opset, model)
         _write_metadata(work, info, ParityReport(float("nan"), PARITY_TOLERANCE[precision], False, "pending"))
         say("parity run: ONNX incremental vs torch full sequence")
@@ -144,6 +146,32 @@ def _export_graph(stream: Any, path: Path, precision: str, opset: int) -> None:
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     finally:
         stream.to(torch.float32)
+
+
+def _write_kv_writer(path: Path, layers: int, precision: str) -> None:
+    """The scatter graph of device-resident KV: ``slab_out.j = ScatterND(slab.j, indices, update.j)``.
+
+    Bound with input and output on one buffer, ONNX Runtime writes only the scattered positions.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pipeline.onnx.device_kv import writer_input_names, writer_output_names
+
+    element = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    count = 2 * layers
+    slab_dims, update_dims = ["slots", "kv_heads", "capacity", "head_dim"], ["rows", "kv_heads", "width", "head_dim"]
+    inputs = [helper.make_tensor_value_info(name, element, slab_dims) for name in writer_input_names(count)[:count]]
+    inputs.append(helper.make_tensor_value_info("indices", TensorProto.INT64, ["rows", "kv_heads", "width", 3]))
+    inputs += [helper.make_tensor_value_info(name, element, update_dims)
+               for name in writer_input_names(count)[count + 1:]]
+    outputs = [helper.make_tensor_value_info(name, element, slab_dims) for name in writer_output_names(count)]
+    nodes = [helper.make_node("ScatterND", [f"slab.{j}", "indices", f"update.{j}"], [f"slab_out.{j}"])
+             for j in range(count)]
+    graph = helper.make_graph(nodes, "guardstream_kv_writer", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _check_graph(path: Path) -> None:

@@ -50,10 +50,14 @@ class ConversationKv:
 
     @property
     def capacity(self) -> int:
+        if self.slab is not None:
+            return self.slab.capacity
         return int(self.tensors[0].shape[1]) if self.tensors else 0
 
     @property
     def nbytes(self) -> int:
+        if self.slab is not None:
+            return self.slab.slot_nbytes
         return sum(int(t.nbytes) for t in self.tensors)
 
     def common_prefix(self, token_ids: Sequence[int]) -> int:
@@ -85,12 +89,12 @@ class ConversationKv:
             return
         capacity, used = capacity_for(length), len(self.token_ids)
         if self.slabs is not None:
-            slab, slot = self.slabs.place(capacity)
-            views = slab.views(slot)
-            for view, tensor in zip(views, self.tensors, strict=False):
-                view[:, :used] = tensor[:, :used]
+            slabs = self.slabs
+            slab, slot = slabs.place(capacity)
+            if used:
+                slabs.move(self, slab, slot)
             self.release()
-            self.tensors, self.slab, self.slot = views, slab, slot
+            self.tensors, self.slab, self.slot = slab.views(slot), slab, slot
             return
         if not self.tensors:
             return
@@ -118,10 +122,10 @@ class KvSlab:
     """
 
     def __init__(self, count: int, kv_heads: int, capacity: int, head_dim: int, dtype: np.dtype, slots: int) -> None:
-        # Zeros are mapped lazily by the OS: unused slots cost address space, not memory.
-        self.arrays = [np.zeros((slots, kv_heads, capacity, head_dim), dtype=dtype) for _ in range(count)]
+        self.arrays = self._allocate((slots, kv_heads, capacity, head_dim), np.dtype(dtype), count)
         self.capacity = capacity
         self.slots = slots
+        self.slot_nbytes = count * kv_heads * capacity * head_dim * np.dtype(dtype).itemsize
         self._free = list(range(slots - 1, -1, -1))  # pop() hands out the lowest slot: slots stay packed
 
     @property
@@ -137,6 +141,10 @@ class KvSlab:
 
     def views(self, slot: int) -> list[np.ndarray]:
         return [array[slot] for array in self.arrays]
+
+    def _allocate(self, shape: tuple[int, int, int, int], dtype: np.dtype, count: int) -> list[np.ndarray]:
+        # Zeros are mapped lazily by the OS: unused slots cost address space, not memory.
+        return [np.zeros(shape, dtype=dtype) for _ in range(count)]
 
 
 class KvSlabs:
@@ -162,11 +170,21 @@ class KvSlabs:
         count, kv_heads, head_dim = self.shape
         per_slot = count * kv_heads * capacity * head_dim * self.dtype.itemsize
         slots = max(1, min(self.max_slots, self.slab_bytes // per_slot))
-        slab = _SelfFreeingSlab(self, count, kv_heads, capacity, head_dim, self.dtype, slots)
+        slab = self._new_slab(capacity, slots)
         slabs.append(slab)
         slot = slab.take_slot()
         assert slot is not None
         return slab, slot
+
+    def _new_slab(self, capacity: int, slots: int) -> KvSlab:
+        count, kv_heads, head_dim = self.shape
+        return _SelfFreeingSlab(self, count, kv_heads, capacity, head_dim, self.dtype, slots)
+
+    def move(self, cache: ConversationKv, slab: KvSlab, slot: int) -> None:
+        """Copy ``cache``'s cached positions into ``slot`` of ``slab`` (growth into a bigger capacity)."""
+        used = len(cache)
+        for view, tensor in zip(slab.views(slot), cache.tensors, strict=True):
+            view[:, :used] = tensor[:, :used]
 
     def drop_if_empty(self, slab: KvSlab) -> None:
         if slab.used == 0:

@@ -13,6 +13,8 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
 METADATA_FILE = "guardstream-onnx.json"
+# The small graph that scatters new keys/values into device-resident KV slabs (pipeline/onnx/device_kv.py).
+WRITER_FILE = "kv_writer.onnx"
 # The graph's KV contract (docs/onnx-export.md): past inputs are fixed-capacity buffers with a key
 # mask, outputs are only the new tokens' keys and values. Exports without it use an older contract.
 KV_LAYOUT = "buffer-in-place-v1"

@@ -120,3 +120,38 @@ def test_evicted_and_failed_conversations_give_their_slots_back(tiny_onnx_dir: P
     with pytest.raises(Exception):  # noqa: B017 - whatever ORT raises, the slot must come back
         engine.run([broken])
     assert engine.slabs.slab_count == 0 and "boom" not in engine.cache
+
+
+def test_device_resident_kv_gives_the_host_kv_outputs(
+    tiny_onnx_dir: Path, sample_token_streams: list[list[int]],
+) -> None:
+    """The CUDA path's KV handling (OrtValue slabs bound by pointer, in-place ScatterND writes), run on the CPU."""
+    host = OnnxStreamEngine.from_dir(tiny_onnx_dir, device="cpu", warmup=False)
+    device = OnnxStreamEngine.from_dir(tiny_onnx_dir, device="cpu", warmup=False, kv_on_device=True)
+    assert device.device_slabs is not None and host.device_slabs is None
+    streams = {f"k{i}": ids for i, ids in enumerate(sample_token_streams[:4])}
+    # Growing prefixes (batched, chunked, slots growing into bigger capacities), then a rollback.
+    for fraction in (0.2, 0.5, 1.0):
+        requests = [FeedRequest(k, ids[: max(1, int(len(ids) * fraction))], 0) for k, ids in streams.items()]
+        for want, have in zip(host.run(requests), device.run(requests), strict=True):
+            assert max_abs_diff(as_heads(want), as_heads(have)) < 1e-5
+    key, ids = "k0", streams["k0"]
+    edited = ids[: len(ids) // 2] + [ids[1]] * 5
+    (want,) = host.run([FeedRequest(key, edited, len(ids) // 2)])
+    (have,) = device.run([FeedRequest(key, edited, len(ids) // 2)])
+    assert max_abs_diff(as_heads(want), as_heads(have)) < 1e-5
+    assert device.model_calls == host.model_calls
+    for k in streams:
+        device.evict(k)
+    assert device.slabs.slab_count == 0
+
+
+def test_device_kv_needs_the_writer_graph(tiny_onnx_dir: Path, tmp_path: Path) -> None:
+    from pipeline.onnx.layout import WRITER_FILE
+
+    old = tmp_path / "no-writer"
+    shutil.copytree(tiny_onnx_dir, old)
+    (old / WRITER_FILE).unlink()
+    with pytest.raises(UserError, match="export it again"):
+        OnnxStreamEngine.from_dir(old, device="cpu", warmup=False, kv_on_device=True)
+    OnnxStreamEngine.from_dir(old, device="cpu", warmup=False)  # host KV does not need it
