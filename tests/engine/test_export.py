@@ -18,7 +18,8 @@ def test_export_dir_is_self_contained_and_validated(tiny_onnx_dir: Path, tiny_st
     from pipeline.tokens.files import load_qwen3_tokenizer
 
     names = {p.name for p in tiny_onnx_dir.iterdir()}
-    assert {MODEL_FILE, f"{MODEL_FILE}.data", "config.json", "labels.json", METADATA_FILE, "tokenizer.json"} <= names
+    assert {MODEL_FILE, f"{MODEL_FILE}.data", "config.json", "labels.json", METADATA_FILE, "tokenizer.json",
+            "kv_writer.onnx"} <= names
     onnx.checker.check_model(str(tiny_onnx_dir / MODEL_FILE))
     info = read_model_info(tiny_onnx_dir)
     config = json.loads((tiny_stream_dir / "config.json").read_text())
