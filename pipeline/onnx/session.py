@@ -47,7 +47,7 @@ def preload_cuda_libraries() -> None:
         return
     try:
         preload()
-    except Exception:  # noqa: BLE001 - best effort: the provider's own error is clearer if it still fails
+    except Exception:  # best effort: the provider's own error is clearer if it still fails
         return
 
 
