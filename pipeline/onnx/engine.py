@@ -57,7 +57,8 @@ class OnnxStreamEngine:
         # KV in ONNX Runtime's memory (the GPU under CUDA) when given, else numpy slabs in host memory.
         self.device_slabs = device_slabs
         self.slabs: KvSlabs = device_slabs or KvSlabs(info.num_layers, info.num_kv_heads, info.head_dim,
-                                                      self.kv_dtype)
+                                                      self.kv_dtype, slab_bytes_for(kv_cache_bytes),
+                                                      MAX_SLAB_SLOTS)
         self.model_calls = 0  # counts ORT calls; tests and benchmarks read it
         self.output_names = [output.name for output in session.get_outputs()]
         on_cuda = CUDA in session.get_providers()[:1]
@@ -92,7 +93,7 @@ class OnnxStreamEngine:
                             "export it again with `guardstream export --model CHECKPOINT --out NEW_DIR`")
         providers = choose_providers(device)
         session = open_session(folder / MODEL_FILE, providers, threads)
-        device_slabs = _device_slabs(folder, info, providers, kv_on_device)
+        device_slabs = _device_slabs(folder, info, providers, kv_on_device, kv_cache_bytes)
         engine = cls(session, info, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
                      max_batch_context=max_batch_context, io_binding=io_binding, device_slabs=device_slabs)
         if warmup:
@@ -117,7 +118,8 @@ class OnnxStreamEngine:
         try:
             active = [job for job in jobs if job.remaining > 0]
             while active:
-                slots = plan_call(_one_slab(active), self.max_batch_tokens, self.max_batch_context)
+                slots = plan_call(_one_slab(active, self.max_batch_context), self.max_batch_tokens,
+                                  self.max_batch_context)
                 feed = build_inputs(slots, self.info.num_layers, self.kv_dtype)
                 if self.device_slabs is not None:
                     heads = device_call(self.session, self.device_slabs, slots, feed, self.info.num_layers)
@@ -217,7 +219,7 @@ class OnnxStreamEngine:
 
 
 def _device_slabs(folder: Path, info: OnnxModelInfo, providers: list[str],
-                  kv_on_device: bool | None) -> DeviceSlabs | None:
+                  kv_on_device: bool | None, kv_cache_bytes: int) -> DeviceSlabs | None:
     """Device-resident KV slabs: on by default under CUDA; ``kv_on_device=True`` runs them on the CPU too."""
     on_cuda = providers[0] == CUDA
     wanted = on_cuda if kv_on_device is None else kv_on_device
@@ -229,15 +231,33 @@ def _device_slabs(folder: Path, info: OnnxModelInfo, providers: list[str],
                         "`guardstream export --model CHECKPOINT --out NEW_DIR`")
     dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
     return DeviceSlabs(str(writer), providers, "cuda" if on_cuda else "cpu", info.num_layers, info.num_kv_heads,
-                       info.head_dim, dtype)
+                       info.head_dim, dtype, slab_bytes_for(kv_cache_bytes), MAX_SLAB_SLOTS)
 
 
-def _one_slab(active: list[Job]) -> list[Job]:
-    """The jobs of the call to plan: those sharing the first job's slab (their buffers are one array)."""
+def slab_bytes_for(kv_cache_bytes: int) -> int:
+    """Slab size: big enough for wide batches in one call (a call reads one slab), small enough to allocate.
+
+    Host slabs are zero pages until written; device slabs are allocated whole, one per capacity in use.
+    """
+    return min(8 << 30, max(256 << 20, kv_cache_bytes // 2))
+
+
+MAX_SLAB_SLOTS = 256
+
+
+def _one_slab(active: list[Job], max_batch_context: int) -> list[Job]:
+    """The jobs of the next call: a window of neighbouring slots of the first job's slab.
+
+    A call over a slab reads its slots ``lo..hi`` whole (idle ones included), so the window is cut
+    where its rows x capacity would pass the context budget (at least one job always goes).
+    """
     slab = active[0].cache.slab
     if slab is None:
         return [job for job in active if job.cache.slab is None]
-    return [job for job in active if job.cache.slab is slab]
+    mine = sorted((job for job in active if job.cache.slab is slab), key=lambda job: job.cache.slot)
+    first = mine[0].cache.slot
+    window = [job for job in mine if (job.cache.slot - first + 1) * (slab.capacity + 1) <= max_batch_context]
+    return window or mine[:1]
 
 
 def _unique_key_waves(requests: Sequence[FeedRequest]) -> Iterator[list[tuple[int, FeedRequest]]]:
