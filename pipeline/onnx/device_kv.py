@@ -40,7 +40,7 @@ class DeviceSlab(KvSlab):
                  dtype: np.dtype, slots: int) -> None:
         self.owner = owner
         self.values: list[ort.OrtValue] = []
-        super().__init__(count, kv_heads, capacity, head_dim, dtype, slots)
+        super().__init__(count, kv_heads, capacity, head_dim, dtype, slots, owner.drop_if_empty)
         self.shape = [slots, kv_heads, capacity, head_dim]
         self.slot_stride = kv_heads * capacity * head_dim * np.dtype(dtype).itemsize
 
@@ -58,10 +58,6 @@ class DeviceSlab(KvSlab):
 
     def pointer(self, j: int, slot: int) -> int:
         return int(self.values[j].data_ptr()) + slot * self.slot_stride
-
-    def give_back(self, slot: int) -> None:
-        super().give_back(slot)
-        self.owner.drop_if_empty(self)
 
 
 class DeviceSlabs(KvSlabs):

@@ -1,7 +1,8 @@
 """Per-conversation KV caches in a byte-bounded LRU store (numpy only).
 
 A cache is the token ids it was computed from plus, per layer, key and value buffers
-``[kv_heads, capacity, head_dim]`` that the model's new keys and values are written into. The
+``[kv_heads, capacity, head_dim]`` that the model's new keys and values are written into; the
+engine's buffers are slots of shared same-capacity slabs (docs/onnx-export.md). The
 store evicts least-recently-used conversations once the byte budget is exceeded; an evicted
 conversation is rebuilt by the engine with a prefill from the ids of its next request, so
 eviction costs time, never correctness.
@@ -10,9 +11,8 @@ eviction costs time, never correctness.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -121,7 +121,9 @@ class KvSlab:
     call over conversations of one slab passes them to the model without gathering (docs/onnx-export.md).
     """
 
-    def __init__(self, count: int, kv_heads: int, capacity: int, head_dim: int, dtype: np.dtype, slots: int) -> None:
+    def __init__(self, count: int, kv_heads: int, capacity: int, head_dim: int, dtype: np.dtype, slots: int,
+                 on_empty: Callable[[KvSlab], None] | None = None) -> None:
+        self.on_empty = on_empty  # told when the last slot comes back (the owner frees the slab)
         self.arrays = self._allocate((slots, kv_heads, capacity, head_dim), np.dtype(dtype), count)
         self.capacity = capacity
         self.slots = slots
@@ -138,6 +140,8 @@ class KvSlab:
     def give_back(self, slot: int) -> None:
         self._free.append(slot)
         self._free.sort(reverse=True)
+        if self.used == 0 and self.on_empty is not None:
+            self.on_empty(self)
 
     def views(self, slot: int) -> list[np.ndarray]:
         return [array[slot] for array in self.arrays]
@@ -178,7 +182,7 @@ class KvSlabs:
 
     def _new_slab(self, capacity: int, slots: int) -> KvSlab:
         count, kv_heads, head_dim = self.shape
-        return _SelfFreeingSlab(self, count, kv_heads, capacity, head_dim, self.dtype, slots)
+        return KvSlab(count, kv_heads, capacity, head_dim, self.dtype, slots, self.drop_if_empty)
 
     def move(self, cache: ConversationKv, slab: KvSlab, slot: int) -> None:
         """Copy ``cache``'s cached positions into ``slot`` of ``slab`` (growth into a bigger capacity)."""
@@ -195,16 +199,6 @@ class KvSlabs:
     @property
     def slab_count(self) -> int:
         return sum(len(slabs) for slabs in self._by_capacity.values())
-
-
-class _SelfFreeingSlab(KvSlab):
-    def __init__(self, owner: KvSlabs, *args: Any) -> None:
-        super().__init__(*args)
-        self._owner = owner
-
-    def give_back(self, slot: int) -> None:
-        super().give_back(slot)
-        self._owner.drop_if_empty(self)
 
 
 class KvCacheStore:
