@@ -47,3 +47,14 @@ def test_goals_are_read_from_the_engine_report(tmp_path: Path) -> None:
     assert goals[f"tokens_per_s_batch_ge_{gpu.GOAL_BATCH}"] == 1.6e5 and goals["tokens_per_s_goal_met"]
     assert goals[f"step_p99_ms_batch_{gpu.P99_BATCH}"] == 1.5
     assert gpu.read_goals(tmp_path / "absent.json")["measured"] is False
+
+
+def test_every_planned_guardstream_step_parses_with_the_cli(tmp_path: Path) -> None:
+    from workers.cli import build_parser
+
+    steps = gpu.plan_steps(tmp_path, ".guardstream", install=[], kafka_up=True)
+    commands = [s.argv for s in steps if s.argv[1:3] == ["-m", "workers.cli"]]
+    assert len(commands) == 2
+    for argv in commands:
+        parsed = build_parser().parse_args(argv[3:])  # argparse exits (fails the test) on a bad flag
+        assert parsed.func is not None
