@@ -92,8 +92,9 @@ def build_inputs(slots: Sequence[Slot], num_layers: int, kv_dtype: np.dtype) -> 
 
     One conversation, or several in one slab: the KV buffers are the past inputs as they are (no
     copy; a slab's slots ``lo..hi`` are one array, a slot in that range but not in the call is an
-    idle row: its mask marks nothing and its outputs are dropped). Otherwise the call gathers the cached positions into a
-    ``[B, kv_heads, P, head_dim]`` input (P = longest cache), a copy of the past per call.
+    idle row: its mask marks nothing and its outputs are dropped). Otherwise the call gathers the
+    cached positions into a ``[B, kv_heads, P, head_dim]`` input (P = longest cache), a copy of the
+    past per call.
     """
     rows, row_of = call_rows(slots)
     slab = shared_slab(slots)
