@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 from pipeline.dlq import dlq_record
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.intake import InputLimits, accept
 from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
-from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta
+from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict
 from workers.stream.records import InputRecord
 
 log = logging.getLogger("guardstream.stream")
@@ -98,6 +99,7 @@ class BatchProcessor:
         worker_name: str,
         max_text_bytes: int,
         gap_timeout_ms: int,
+        limits: InputLimits | None = None,
     ) -> None:
         self.scorer = scorer
         self.engine = engine
@@ -105,6 +107,7 @@ class BatchProcessor:
         self.worker_name = worker_name
         self.max_text_bytes = max_text_bytes
         self.gap_timeout_ms = gap_timeout_ms
+        self.limits = limits or InputLimits(max_text_bytes=max_text_bytes)
 
     # ------------------------------------------------------------------------------------
     def process(
@@ -127,7 +130,7 @@ class BatchProcessor:
             pid = (rec.topic, rec.partition)
             last_offset[pid] = max(last_offset.get(pid, -1), rec.offset)
             try:
-                delta = decode_delta(rec.value, self.max_text_bytes)
+                delta = accept(rec.key, rec.value, self.limits)
             except MessageError as exc:
                 out.dlq.append(self._dlq(str(exc), rec, now_ms))
                 continue
