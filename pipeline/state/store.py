@@ -30,7 +30,12 @@ log = logging.getLogger("guardstream.state")
 # Returns the stored watermark when it is not the expected one (nothing written), else -2.
 _FENCED_WRITE = """
 -- An unreadable watermark counts as none (-1): the partition is replayed and the value replaced.
-local stored = tonumber(redis.call('GET', KEYS[1]) or '-1') or -1
+-- Readable means what StateStore._watermark reads: -1 or 1 to 18 digits.
+local raw = redis.call('GET', KEYS[1])
+local stored = -1
+if raw and string.match(raw, '^%d+$') and #raw <= 18 then
+  stored = tonumber(raw)
+end
 local expected = tonumber(ARGV[1])
 if stored ~= expected then
   return stored
@@ -98,12 +103,9 @@ class StateStore:
         partition is recovered by replay instead of the worker dying on it again and again."""
         if value is None:
             return NO_WATERMARK
-        try:
-            mark = int(value)
-        except ValueError:
-            mark = None
-        if mark is not None and mark >= NO_WATERMARK:
-            return mark
+        text = value if isinstance(value, bytes) else value.encode()
+        if text == b"-1" or (text.isdigit() and len(text) <= 18):
+            return int(text)
         if key not in self._reported_corrupt:
             self._reported_corrupt.add(key)
             log.error("unreadable watermark in redis; treating it as absent and replaying the partition",
