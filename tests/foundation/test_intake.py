@@ -33,5 +33,5 @@ def test_message_index_past_the_per_conversation_limit_is_refused() -> None:
 
 
 def test_an_undecodable_value_is_reported_as_such_not_as_a_key_mismatch() -> None:
-    with pytest.raises(MessageError, match="^malformed JSON"):
+    with pytest.raises(MessageError, match=r"^malformed JSON"):
         accept(b"other", b"{", LIMITS)
