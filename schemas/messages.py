@@ -189,7 +189,7 @@ def _validation_reason(error: str) -> str:
     """Name the class of a schema error: the generic message stays as the detail."""
     if "got `float`" in error or "got `bool`" in error:
         return f"wrong type: {error} (integers must be JSON integers)"
-    if "got `array`" in error or "got `object`" in error:
+    if ("got `array`" in error or "got `object`" in error) and "at `$." in error:
         return f"nested json: {error} (TokenDelta fields are flat scalars)"
     if "Expected `int` <=" in error or "Expected `int` >=" in error:
         return f"number out of range: {error}"

@@ -304,6 +304,7 @@ class BatchProcessor:
 
     def _dlq_of(self, rejection: Rejection, now_ms: int) -> DlqRecord:
         src = rejection.source
+        # Only accepted deltas reach the scorer, and their key is their conversation id (pipeline.intake).
         return dlq_record(rejection.reason, rejection.raw, src.topic, src.partition, src.offset, self.worker_name,
-                          now_ms, conversation_id=rejection.conversation_id)
+                          now_ms, key=rejection.conversation_id.encode(), conversation_id=rejection.conversation_id)
 
