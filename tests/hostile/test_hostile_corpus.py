@@ -5,6 +5,7 @@ bounded reason of its class, the worker stays alive and its memory bounded."""
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import re
 import urllib.request
@@ -25,7 +26,8 @@ from tests.worker.conftest import chunked_deltas, expected_verdicts, renamed
 from tests.worker.harness import assert_same_verdicts, dedup, dlq_records, verdicts, wait_caught_up, wait_until
 
 LIMITS = {"max_conversation_messages": 64, "max_held_deltas": 10, "gap_timeout_ms": 2000}
-SCALE = 0.03   # 300 conversations of one tenant, a 3,000-delta message: the CI-sized corpus
+# 0.03: 300 conversations of one tenant and a 3,000-delta message (the CI size); 1.0: 10k and 100k.
+SCALE = float(os.environ.get("GUARDSTREAM_HOSTILE_SCALE", "0.03"))
 RSS_LIMIT_BYTES = 1536 * 1024 * 1024
 
 
