@@ -46,7 +46,8 @@ class TokenDelta(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True)
     message_index: MessageIndex | None = None
     role: Role | None = None
     seq: Seq | None = None
-    text: str = ""
+    text: Annotated[str, msgspec.Meta(description=(
+        "At most max_text_bytes UTF-8 bytes (a worker setting, 65,536 by default); no NUL."))] = ""
     final: bool = False
     reasoning: bool = False
     tenant: Tenant | None = None

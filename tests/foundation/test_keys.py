@@ -10,8 +10,9 @@ from pipeline.state.keys import CONVERSATION_NS, conversation_key, parse_convers
 # Alphabets heavy in the characters that broke the old layout (':' '-' 'wm' digits), empty-looking
 # strings (space, zero-width, "None"), 256-character ids, plus any text.
 _tricky = st.text(alphabet=st.sampled_from(list(":-wmgs0123456789 n t")), min_size=0, max_size=12)
+_empty_looking = ["-", ":", "::", "n", "t3", " ", "\u200b", "\ufeff", "null", "None", "n:", "t1:x"]
 _ids = st.one_of(_tricky.filter(bool), st.text(min_size=1, max_size=256),
-                 st.text(alphabet=":", min_size=256, max_size=256), st.sampled_from(["-", ":", "::", "n", "t3", " ", "\u200b", "\ufeff", "null", "None", "n:", "t1:x"]))
+                 st.text(alphabet=":", min_size=256, max_size=256), st.sampled_from(_empty_looking))
 _tenants = st.one_of(st.none(), _tricky.filter(bool), st.text(min_size=1, max_size=128),
                      st.sampled_from(["-", "wm", "w", "c", "n", "t0", " ", "\u200b", "None", "null", ":"]))
 
