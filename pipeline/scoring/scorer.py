@@ -320,7 +320,7 @@ class Scorer:
             record.last_span = span
             if self.include_token_labels:
                 record.labels += bytes([_RISK_CODES[token.risk]])
-            event = record.debouncer.push(token)
+            event = record.debouncer.push(token, policy.rule)   # the tenant's thresholds, if any
             if event is not None:
                 record.event_spans[index] = span
                 verdicts.append(self._flag(state, record, event, span, now_ms))
