@@ -29,7 +29,8 @@ DEFAULT_MESSAGE_MAX_BYTES = 1_000_000   # librdkafka's and Kafka's default
 # the second list, contains); anything else is "other". Keeps label cardinality fixed.
 REASON_CLASSES: tuple[str, ...] = (
     *EDGE_REASON_CLASSES,
-    "held deltas limit", "held bytes limit", "gap", "delta after the final chunk", "role changed",
+    "held deltas limit", "held bytes limit", "gap at end", "unfinished message at end", "gap",
+    "delta after the final chunk", "role changed",
     "reasoning", "delta after the conversation's end", "unreadable conversation state", "internal error",
     "generative ruling failed", "other",
 )

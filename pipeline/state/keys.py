@@ -7,7 +7,9 @@ anything up to the schema's length limits). Each key is ``gs:`` + a namespace le
 - ``gs:c:n:{conversation_id}`` a conversation without a tenant;
 - ``gs:c:t{len(tenant)}:{tenant}:{conversation_id}`` a conversation of a tenant: the length says
   where the tenant ends, so ':' in either part cannot shift the boundary;
-- ``gs:w:{len(group)}:{group}:{topic}:{partition}`` a stream group's watermark of one input partition.
+- ``gs:w:{len(group)}:{group}:{topic}:{partition}`` a stream group's watermark of one input partition;
+- ``gs:h:{len(group)}:{group}:{topic}:{partition}`` the index of that partition's conversations that
+  hold out-of-order deltas.
 
 Lengths count characters (code points); keys are UTF-8 encoded by the Redis client, which is itself
 injective for the valid Unicode the input schema admits. The layout changed in schema v1's
@@ -20,6 +22,7 @@ from __future__ import annotations
 PREFIX = "gs:"
 CONVERSATION_NS = "gs:c:"
 WATERMARK_NS = "gs:w:"
+HELD_INDEX_NS = "gs:h:"
 
 
 def conversation_key(tenant: str | None, conversation_id: str) -> str:
@@ -31,6 +34,11 @@ def conversation_key(tenant: str | None, conversation_id: str) -> str:
 
 def watermark_key(group: str, topic: str, partition: int) -> str:
     return f"{WATERMARK_NS}{len(group)}:{group}:{topic}:{partition}"
+
+
+def held_index_key(group: str, topic: str, partition: int) -> str:
+    """The partition's index of conversations holding out-of-order deltas (a hash), next to its watermark."""
+    return f"{HELD_INDEX_NS}{len(group)}:{group}:{topic}:{partition}"
 
 
 def parse_conversation_key(key: str) -> tuple[str | None, str]:

@@ -45,6 +45,7 @@ def test_a_small_record_is_left_whole() -> None:
 def test_metric_labels_come_from_a_fixed_set() -> None:
     assert reason_class("malformed JSON: expected ',' or '}'") == "malformed json"
     assert reason_class("gap: message 1 seq 2 waited") == "gap"
+    assert reason_class("gap at end: message 1 seq 2 was held") == "gap at end"
     assert reason_class("message 3 reaches the model context of 96 tokens: x") == "model context"
     assert reason_class("held deltas limit: 1000 deltas") == "held deltas limit"
     assert reason_class("Object contains unknown field `" + "x" * 10_000) == "other"

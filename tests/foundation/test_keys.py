@@ -5,7 +5,13 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.state.keys import CONVERSATION_NS, conversation_key, parse_conversation_key, watermark_key
+from pipeline.state.keys import (
+    CONVERSATION_NS,
+    conversation_key,
+    held_index_key,
+    parse_conversation_key,
+    watermark_key,
+)
 
 # Alphabets heavy in the characters that broke the old layout (':' '-' 'wm' digits), empty-looking
 # strings (space, zero-width, "None"), 256-character ids, plus any text.
@@ -27,11 +33,13 @@ def test_different_pairs_never_share_a_conversation_key(a: tuple[str | None, str
 @settings(max_examples=800, deadline=None)
 @given(pair=st.tuples(_tenants, _ids), group=_tricky, topic=st.from_regex(r"[a-zA-Z0-9._-]{1,40}", fullmatch=True),
        partition=st.integers(0, 2**31 - 1))
-def test_no_conversation_key_reaches_a_watermark(pair: tuple[str | None, str], group: str, topic: str,
+def test_no_conversation_key_reaches_a_watermark_or_held_index(pair: tuple[str | None, str], group: str, topic: str,
                                                  partition: int) -> None:
-    assert conversation_key(*pair) != watermark_key(group, topic, partition)
-    assert conversation_key(*pair).startswith(CONVERSATION_NS)
-    assert not watermark_key(group, topic, partition).startswith(CONVERSATION_NS)
+    key = conversation_key(*pair)
+    assert key.startswith(CONVERSATION_NS)
+    for other in (watermark_key(group, topic, partition), held_index_key(group, topic, partition)):
+        assert key != other and not other.startswith(CONVERSATION_NS)
+    assert watermark_key(group, topic, partition) != held_index_key(group, topic, partition)
 
 
 def test_the_collisions_of_the_old_layout_are_gone() -> None:
