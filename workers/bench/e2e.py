@@ -4,11 +4,12 @@ Per level of concurrent conversations, a fresh set of topics, one stream worker 
 process, so both modes share one loaded model), and a paced load generator in its own process
 (messages encoded before the clock starts, so it is not the bottleneck; how late it produced each
 delta is reported): every conversation streams one Qwen3 token per delta at ``--rate`` tokens/s,
-starts staggered over a second, and a reader follows the verdicts. Offered rate = conversations x
-rate; generated = what the generator achieved; judged = deltas over the time from the first delta
-produced to the last verdict read. Verdict latency = verdict consumed - the delta it clears was produced
-(progress: the delta at ``cleared_through_seq``; final: the message's last delta). Throughput =
-deltas and scored tokens over the time from the first delta produced to the last verdict read.
+starts staggered over a second, and a reader follows the verdicts. Peak offered rate =
+conversations x rate; offered = the schedule's deltas over its span (ramp-up and ramp-down
+included); generated = the same deltas over the time the generator took to produce them; judged
+(throughput) = deltas and scored tokens over the time from the first delta produced to the last
+verdict read. Verdict latency = verdict consumed - the delta it clears was produced (progress: the
+delta at ``cleared_through_seq``; final: the message's last delta).
 
 The baseline is the same worker with :class:`FullRecomputeEngine` (full re-run per token, batch 1).
 """
@@ -61,8 +62,9 @@ class LevelResult:
     seconds: float
     deltas_per_s: float
     tokens_per_s: float
-    offered_tokens_per_s: float   # = offered deltas/s: one token per delta
-    generated_deltas_per_s: float   # what the load generator achieved while producing
+    offered_tokens_per_s: float     # conversations x rate: the load once every conversation streams
+    offered_deltas_per_s: float     # the schedule's average: deltas / (last due - first due), ramps included
+    generated_deltas_per_s: float   # what the load generator achieved: deltas / (last - first produced)
     generator_lag_p50_ms: float     # how late after its due time a delta was produced
     generator_lag_p99_ms: float
     latency_p50_ms: float | None
@@ -197,6 +199,7 @@ class GeneratedLoad:
     produced: dict[tuple[str, int, int], int]   # (conversation id, message, seq) -> produced at, epoch ms
     first_ts: int
     last_ts: int
+    scheduled_s: float   # due time of the last delta minus that of the first
     lag_p50_ms: float
     lag_p99_ms: float
 
@@ -295,6 +298,7 @@ def generate_load(settings: Settings, prefix: str, conversations: int, user_toke
     producer.flush(60)
     return {"produced": produced, "first_ts": produced[0][3] if produced else 0,
             "last_ts": produced[-1][3] if produced else 0,
+            "scheduled_s": schedule[-1][0] - schedule[0][0] if schedule else 0.0,
             "lag_p50_ms": _percentile(lags, 0.5) or 0.0, "lag_p99_ms": _percentile(lags, 0.99) or 0.0}
 
 
@@ -372,6 +376,7 @@ def _summarise(mode: str, conversations: int, load: GeneratedLoad, seen: list[tu
         mode=mode, conversations=conversations, deltas=len(produced), tokens_scored=tokens, seconds=seconds,
         deltas_per_s=len(produced) / seconds, tokens_per_s=tokens / seconds,
         offered_tokens_per_s=conversations * rate,
+        offered_deltas_per_s=len(produced) / max(1e-3, load.scheduled_s),
         generated_deltas_per_s=len(produced) / max(1e-3, (load.last_ts - first_ts) / 1000.0),
         generator_lag_p50_ms=load.lag_p50_ms, generator_lag_p99_ms=load.lag_p99_ms,
         latency_p50_ms=_percentile(latencies, 0.5), latency_p99_ms=_percentile(latencies, 0.99),
@@ -387,18 +392,18 @@ def _fmt(x: float | None) -> str:
 
 
 def _row(r: LevelResult) -> str:
-    return (f"offered {r.offered_tokens_per_s:,.0f} deltas/s, generated {r.generated_deltas_per_s:,.0f} "
+    return (f"offered {r.offered_deltas_per_s:,.0f} deltas/s, generated {r.generated_deltas_per_s:,.0f} "
             f"(lag p99 {r.generator_lag_p99_ms:,.0f} ms), judged {r.deltas_per_s:,.0f} deltas/s, "
             f"{r.tokens_per_s:,.0f} tokens/s, latency p50 {_fmt(r.latency_p50_ms)} ms p99 {_fmt(r.latency_p99_ms)} ms, "
             f"finals {r.finals_seen}/{r.finals_expected}")
 
 
 def markdown_table(results: list[LevelResult]) -> str:
-    rows = ["| mode | conversations | offered deltas/s | generated deltas/s | generator lag p99 ms | judged deltas/s | "
-            "tokens/s | latency p50 ms | latency p99 ms | final p50 ms | final p99 ms | finals |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| mode | conversations | peak offered deltas/s | offered deltas/s | generated deltas/s | "
+            "generator lag p99 ms | judged deltas/s | tokens/s | latency p50 ms | latency p99 ms | final p50 ms | "
+            "final p99 ms | finals |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r.mode} | {r.conversations} | {r.offered_tokens_per_s:,.0f} | "
+        rows.append(f"| {r.mode} | {r.conversations} | {r.offered_tokens_per_s:,.0f} | {r.offered_deltas_per_s:,.0f} | "
                     f"{r.generated_deltas_per_s:,.0f} | {r.generator_lag_p99_ms:,.0f} | {r.deltas_per_s:,.0f} | "
                     f"{r.tokens_per_s:,.0f} | "
                     f"{_fmt(r.latency_p50_ms)} | {_fmt(r.latency_p99_ms)} | {_fmt(r.final_latency_p50_ms)} | "
