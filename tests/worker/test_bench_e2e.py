@@ -44,7 +44,7 @@ def test_quick_e2e_reports_offered_generated_and_latency_for_both_modes(
     for (_, n), r in rows.items():
         assert r["completed"] and r["finals_seen"] == r["finals_expected"] == 2 * n
         assert r["offered_tokens_per_s"] == pytest.approx(40.0 * n)
-        assert 0 < r["offered_deltas_per_s"] <= r["offered_tokens_per_s"]
+        assert 0 < r["offered_deltas_per_s"] <= r["offered_tokens_per_s"] * 1.001
         assert r["generated_deltas_per_s"] > 0 and r["generator_lag_p99_ms"] >= 0
         assert r["latency_p50_ms"] is not None and r["latency_p99_ms"] >= r["latency_p50_ms"]
     assert "| offered deltas/s | generated deltas/s |" in capsys.readouterr().out

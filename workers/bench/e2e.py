@@ -376,8 +376,9 @@ def _summarise(mode: str, conversations: int, load: GeneratedLoad, seen: list[tu
         mode=mode, conversations=conversations, deltas=len(produced), tokens_scored=tokens, seconds=seconds,
         deltas_per_s=len(produced) / seconds, tokens_per_s=tokens / seconds,
         offered_tokens_per_s=conversations * rate,
-        offered_deltas_per_s=len(produced) / max(1e-3, load.scheduled_s),
-        generated_deltas_per_s=len(produced) / max(1e-3, (load.last_ts - first_ts) / 1000.0),
+        # n deltas span n - 1 intervals: one conversation alone is offered exactly ``rate``.
+        offered_deltas_per_s=(len(produced) - 1) / max(1e-3, load.scheduled_s),
+        generated_deltas_per_s=(len(produced) - 1) / max(1e-3, (load.last_ts - first_ts) / 1000.0),
         generator_lag_p50_ms=load.lag_p50_ms, generator_lag_p99_ms=load.lag_p99_ms,
         latency_p50_ms=_percentile(latencies, 0.5), latency_p99_ms=_percentile(latencies, 0.99),
         final_latency_p50_ms=_percentile(final_latencies, 0.5),

@@ -493,7 +493,8 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     clock.hook(worker, "partition recovery (start-up)", ("_on_assign",))
     clock.hook(worker, "kafka transaction", ("_commit",))
     clock.hook(worker, "metrics + bookkeeping", ("_after_batch",))
-    processing.decode_delta = clock.wrap("decode", processing.decode_delta)
+    # Decoding and validating a delta is one call (pipeline.intake.accept) looked up in processing's namespace.
+    processing.accept = clock.wrap("decode", processing.accept)
     clock.hook(processor, "batch bookkeeping", ("process",))
     clock.hook(worker.store, "redis", ("load", "load_with_watermarks", "watermarks", "write", "held_index"))
     clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb"))
