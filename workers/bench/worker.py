@@ -285,13 +285,13 @@ class DrainMeter:
         if start is None:
             return DrainResult(mode, 0, 0.0, 0.0, False)
         groups: dict[str, float] = defaultdict(float)
-        for tid, (name, ticks) in end[2].items():
-            used = (ticks - start[2].get(tid, (name, 0))[1]) / 1e9
+        for tid, (name, cpu_ns) in end[2].items():
+            used = (cpu_ns - start[2].get(tid, (name, 0))[1]) / 1e9
             group = ("loop thread" if tid == self.loop_tid else
                      "librdkafka threads" if name.startswith("rdk:") else "other threads")
             groups[group] += used
         cpu = end[1] - start[1]
-        # Threads that started and ended inside the window (e.g. a Timer per call) only show in the total.
+        # Threads that ended inside the window (e.g. a Timer per transactional call) only show in the total.
         groups["ended threads"] = cpu - sum(groups.values())
         return DrainResult(mode, self.deltas, end[0] - start[0], cpu, self._end is not None,
                            {k: round(v, 4) for k, v in groups.items()},
