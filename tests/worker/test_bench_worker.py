@@ -78,3 +78,10 @@ def test_quick_bench_worker_measures_worker_and_passthrough_on_the_same_backlog(
     assert not results["worker"]["stages_ns"]   # the headline run has no hooks
     printed = capsys.readouterr().out
     assert "| passthrough |" in printed and "| stage |" in printed
+
+
+def test_an_empty_backlog_is_refused_with_what_to_pass(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from workers.cli import main
+
+    assert main(["bench", "worker", "--deltas", "0", "--out", str(tmp_path / "b")]) == 2
+    assert "--deltas must be at least 1" in capsys.readouterr().err
