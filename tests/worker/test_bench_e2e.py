@@ -39,6 +39,7 @@ def test_quick_e2e_reports_offered_generated_and_latency_for_both_modes(
                  "--level-timeout-s", "60"]) == 0
     report = json.loads((out / "e2e.json").read_text())
     assert (out / "e2e.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["partitions"] == 2
     rows = {(r["mode"], r["conversations"]): r for r in report["results"]}
     assert set(rows) == {("guardstream", 3), ("baseline", 1)}
     for (_, n), r in rows.items():

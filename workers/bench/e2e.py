@@ -100,8 +100,13 @@ def run(args: argparse.Namespace) -> int:
             results.append(result)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    import os
+
     payload = {"model": model_label, "rate_tokens_per_s_per_conversation": args.rate, "quick": args.quick,
-               "cpu_count": _cpu_count(), "results": [asdict(r) for r in results]}
+               "cpu_count": _cpu_count(), "partitions": settings.partitions,
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+               # Other processes on the machine inflate latencies; the 1-minute load average says how much.
+               "load_average_1m": round(os.getloadavg()[0], 2), "results": [asdict(r) for r in results]}
     (out / "e2e.json").write_text(json.dumps(payload, indent=2))
     _plot(results, out / "e2e.png")
     print(markdown_table(results))
