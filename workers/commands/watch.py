@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -87,12 +88,13 @@ def run(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
     from rich.console import Console
 
-    from pipeline.kafka.clients import consumer_config
+    from pipeline.kafka.clients import RateLimitedLog, consumer_config, require_kafka
     from schemas.messages import decode_verdict
 
     settings = settings_from_args(args)
     console = Console(no_color=args.no_color, highlight=False, soft_wrap=True)
     wanted = set(args.conversation)
+    require_kafka(settings)
     # A throwaway group that never commits: watching must not move anybody's offsets.
     consumer = Consumer(consumer_config(settings, f"guardstream-watch-{uuid.uuid4().hex[:12]}"))
     try:
@@ -116,6 +118,8 @@ def run(args: argparse.Namespace) -> int:
         assignment.append(TopicPartition(settings.topic_verdicts, partition, offset))
     consumer.assign(assignment)
     shown = 0
+    # A broker that goes away mid-watch reports the same error on every poll: show it now and then.
+    errors = RateLimitedLog(logging.getLogger("guardstream.watch"))
     deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     try:
         while (args.max is None or shown < args.max) and (deadline is None or time.monotonic() < deadline):
@@ -123,7 +127,10 @@ def run(args: argparse.Namespace) -> int:
             if msg is None:
                 continue
             if msg.error() is not None:
-                console.print(f"[red]kafka error:[/] {msg.error()}")
+                held = errors.admit(str(msg.error()))
+                if held is not None:
+                    console.print(f"[red]kafka error:[/] {_escape(str(msg.error()))}"
+                                  + (f" [dim]({held} more like it not shown)[/]" if held else ""))
                 continue
             raw = msg.value() or b""
             try:
