@@ -128,7 +128,7 @@ def _publish(
             report.delivered += 1
             report.partitions.add(msg.partition())
 
-    producer = make_producer(settings, **{"message.timeout.ms": DELIVERY_TIMEOUT_MS})
+    producer = make_producer(settings, **{"message.timeout.ms": str(DELIVERY_TIMEOUT_MS)})
     progress = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, disable=not show_progress)
     started = time.monotonic()
