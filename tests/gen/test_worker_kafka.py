@@ -46,7 +46,7 @@ class WorkerProcess:
             "--generative-group": settings.generative_group, "--model": settings.model,
             "--max-context-tokens": str(settings.max_context_tokens), "--gen-max-batch": str(settings.gen_max_batch),
             "--max-text-bytes": str(settings.max_text_bytes), "--metrics-port": str(self.port),
-            "--device": "cpu", "--gen-threads": "1",
+            "--device": "cpu", "--gen-threads": "1", "--gen-start-from": "earliest",
         }
         args = [sys.executable, "-m", "workers.generative", *[x for kv in flags.items() for x in kv]]
         self.log = log_file.open("ab")
