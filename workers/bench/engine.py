@@ -163,7 +163,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"Command: `{report['command']}`  ",
         f"Machine: {report['machine']}  ",
         f"Date: {report['date']}; model {report['model']['name']} ({report['model']['precision']}), "
-        f"run took {report['seconds']} s ({report.get('bench_seconds', '-')} s measuring); 1-min load average {report['load_average']['before']} before, "
+        f"run took {report['seconds']} s ({report.get('bench_seconds', '-')} s measuring); "
+        f"1-min load average {report['load_average']['before']} before, "
         f"{report['load_average']['after']} after (timings are the fastest of the repeats).",
         "",
         "| context | KV read (MiB) | 1 new token (ms) | 16-token chunk (ms/token) | re-run prefix, official (ms/token) "

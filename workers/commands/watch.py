@@ -24,8 +24,9 @@ EPILOG = """\
 Starts at the end of the topic (only new verdicts) unless --from-beginning. One line per verdict,
 in fixed-width columns:
 
-  TIME         CONVERSATION     MESSAGE          SOURCE     KIND     RISK          ACTION
-  12:04:31.512 chat-a           #1    assistant  stream     FLAG     UNSAFE        block Violent token 7 seq 7 char 26 140 ms
+  TIME         CONVERSATION     MESSAGE          SOURCE     KIND     RISK          ACTION  ...
+  12:04:31.512 chat-a           #1    assistant  stream     FLAG     UNSAFE        block Violent
+      token 7 seq 7 char 26 140 ms     (on the same line)
 
 TIME is the verdict's ts_ms (UTC); MESSAGE the message index and role; KIND final, flag or
 progress (dim); RISK green safe, yellow controversial, red unsafe; CATEGORIES the categories
