@@ -21,8 +21,7 @@ TABLE_MARKERS = re.compile(r"(<!-- settings-table:start -->\n).*?(<!-- settings-
 MASK = "***"
 # Words that make a setting (or a kafka_extra key) a secret whose value is never printed.
 SECRET_WORDS = ("password", "secret", "token", "credential")
-# scheme://user:PASSWORD@host -> the password part.
-URL_PASSWORD = re.compile(r"(?P<head>[a-z][a-z0-9+.-]*://[^:/@]*:)(?P<secret>[^@]*)(?P<tail>@)", re.I)
+URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 EPILOG = """\
 Shows each setting's environment variable, CLI flag and effective value (flags given here,
@@ -50,14 +49,26 @@ def is_secret(name: str) -> bool:
     return any(word in name.lower() for word in SECRET_WORDS)
 
 
+def masked_url(text: str) -> str:
+    """scheme://user:PASSWORD@host/... with the password (which may hold '@' or '/') replaced."""
+    scheme = URL_SCHEME.match(text)
+    if not scheme:
+        return text
+    rest = text[scheme.end():]
+    userinfo, at, host = rest.rpartition("@")
+    if not at or ":" not in userinfo:
+        return text
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme.group(0)}{user}:{MASK}@{host}"
+
+
 def masked(name: str, value: Any) -> Any:
     """``value`` as safe to print: secrets replaced by ***, also inside URLs and key=value lists."""
     if not isinstance(value, str) or not value:
         return value
     if is_secret(name):
         return MASK
-    text = URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail") if m.group("secret") else m.group(0),
-                            value)
+    text = masked_url(value)
     if name == "kafka_extra":
         items = []
         for item in text.split(","):
