@@ -53,6 +53,7 @@ from pipeline.errors import UserError
 from pipeline.gen.moderator import GenModerator, GenRuling
 from pipeline.gen.render import ModerationRequest
 from pipeline.logging import configure_logging, get_logger
+from pipeline.ops.ports import start_ops_server
 from pipeline.ops.server import OpsServer
 from pipeline.policy import PolicyBook, load_policy_book
 from schemas.messages import DlqRecord, MessageError, TokenDelta, decode_delta, encode
@@ -424,7 +425,7 @@ def run_generative_worker(settings: Settings) -> int:
     configure_logging(settings.log_level)
     quiet_libraries(settings.log_level)
     metrics = GenMetrics()
-    ops = OpsServer(settings.metrics_port, metrics.registry).start() if settings.metrics_port else None
+    ops = start_ops_server(settings.metrics_port, metrics.registry) if settings.metrics_port else None
     try:
         return asyncio.run(serve(settings, metrics, ops))
     finally:
