@@ -15,6 +15,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.guardstream-installed
 PYTEST_ARGS ?=
+# Images: the names and tag the Kubernetes overlays use (deploy/k8s/overlays/*/kustomization.yaml
+# `images:`); change IMAGE_REGISTRY and IMAGE_TAG here and there together.
+IMAGE_REGISTRY ?= ghcr.io/example
+IMAGE_TAG ?= 0.1.0
+IMAGES := stream-cpu stream-cuda generative
+DOCKER ?= docker
 ALLOW_NO_TESTS ?= 0
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -83,3 +89,15 @@ up: kafka-jars
 
 down:
 	$(BIN)/guardstream down
+
+# One image per deploy/docker/<name>.Dockerfile, built from the repository root.
+images:
+	@for name in $(IMAGES); do \
+	  echo "building $(IMAGE_REGISTRY)/guardstream-$$name:$(IMAGE_TAG)"; \
+	  $(DOCKER) build -f deploy/docker/$$name.Dockerfile -t $(IMAGE_REGISTRY)/guardstream-$$name:$(IMAGE_TAG) . || exit 1; \
+	done
+
+push: images
+	@for name in $(IMAGES); do \
+	  $(DOCKER) push $(IMAGE_REGISTRY)/guardstream-$$name:$(IMAGE_TAG) || exit 1; \
+	done

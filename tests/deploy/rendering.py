@@ -28,6 +28,7 @@ KUSTOMIZATIONS = {
     "topics": K8S_DIR / "topics",
     "dev": K8S_DIR / "overlays" / "dev",
     "prod": K8S_DIR / "overlays" / "prod",
+    "redis": K8S_DIR / "redis",
 }
 SETTINGS_CONFIGMAP = "guardstream-settings"
 SETTINGS_SECRET = "guardstream-secrets"

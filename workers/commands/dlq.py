@@ -83,7 +83,8 @@ def run_list(args: argparse.Namespace) -> int:
             continue
         reason = rec.reason if len(rec.reason) <= REASON_WIDTH else rec.reason[:REASON_WIDTH - 3] + "..."
         source = f"{rec.source_topic}[{rec.source_partition}]@{rec.source_offset}"
-        print(f"{entry.ref:>9}  {_when(rec.ts_ms)}  {source:32}  {rec.conversation_id or rec.original_key or '-':20}  {reason}")
+        who = rec.conversation_id or rec.original_key or "-"
+        print(f"{entry.ref:>9}  {_when(rec.ts_ms)}  {source:32}  {who:20}  {reason}")
     if not args.json:
         print(f"{shown} record(s) in {settings.topic_dlq}")
     return 0
