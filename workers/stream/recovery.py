@@ -20,7 +20,7 @@ from pipeline.config import Settings
 from pipeline.kafka.clients import make_consumer
 from pipeline.state.store import NO_WATERMARK, PartitionWrite, StateStore
 from workers.stream.processing import BatchProcessor
-from workers.stream.records import InputRecord
+from workers.stream.records import InputRecord, record_time_ms
 
 log = logging.getLogger("guardstream.stream.recovery")
 
@@ -107,7 +107,7 @@ def _replay_range(
             if offset is None or offset >= end:
                 done = True
                 continue
-            batch.append(InputRecord(topic, partition, offset, msg.key(), msg.value()))
+            batch.append(InputRecord(topic, partition, offset, msg.key(), msg.value(), record_time_ms(msg.timestamp())))
         if batch:
             idle_since = time.monotonic()
             outcome = processor.process(batch, {(topic, partition): watermark}, now_ms(), expire_gaps=False)

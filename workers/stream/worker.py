@@ -26,7 +26,7 @@ from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
-from workers.stream.records import InputRecord
+from workers.stream.records import InputRecord, record_time_ms
 from workers.stream.recovery import recover_partition
 
 log = logging.getLogger("guardstream.stream")
@@ -167,7 +167,8 @@ class StreamWorker:
                 continue
             if not self._own.owns((topic, partition)):
                 continue  # fetched before a revoke: the new owner judges it
-            records.append(InputRecord(topic, partition, offset, msg.key(), msg.value()))
+            records.append(InputRecord(topic, partition, offset, msg.key(), msg.value(),
+                                       record_time_ms(msg.timestamp())))
         return records
 
     def _process(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
@@ -186,12 +187,32 @@ class StreamWorker:
         raise RuntimeError("redis state kept changing under this worker; is another worker writing its partitions?")
 
     def _due_sweep(self) -> dict[str, ConversationRef]:
-        """Conversations holding out-of-order deltas get re-checked now and then so gaps time out."""
+        """Conversations holding out-of-order deltas get re-checked now and then so gaps time out.
+
+        Only on partitions read to their end: while a backlog is being read, the records still
+        unread may fill a gap, and their timestamps expire overdue gaps as they are judged (see
+        workers.stream.processing), so a backlog reports what a live worker would.
+        """
         t = now_ms()
         if not self._own.held or t < self._next_sweep_ms:
             return {}
         self._next_sweep_ms = t + self._sweep_every_ms
-        return dict(self._own.held)
+        caught_up = {pid for pid in {ref.partition_id for ref in self._own.held.values()} if self._caught_up(pid)}
+        return {k: ref for k, ref in self._own.held.items() if ref.partition_id in caught_up}
+
+    def _caught_up(self, pid: PartitionId) -> bool:
+        assert self._consumer is not None
+        tp = TopicPartition(*pid)
+        try:
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+            position = self._consumer.position([tp])[0].offset
+        except KafkaException:
+            return False
+        if position < 0:   # nothing consumed since the assignment: reading resumes after the watermark
+            position = self._own.watermarks.get(pid, NO_WATERMARK) + 1
+        return high >= 0 and position >= high
 
     def _commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
         """Verdicts + DLQ records + consumed offsets in one transaction. False: aborted, batch rewound."""
@@ -301,6 +322,8 @@ class StreamWorker:
             self.settings, self.processor, self.store, topic, partition, committed, now_ms,
             on_replayed=self.metrics.replayed.inc,
         )
+        # Gaps are durable: conversations that held deltas under the previous owner are swept here too.
+        self._own.held.update(self.processor.held_conversations(topic, partition))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The loop is synchronous: the last batch is committed and written before consume() runs
