@@ -8,6 +8,7 @@ different partitions and a consumer group of verdict readers loses its per-conve
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +36,8 @@ def both_settings(settings: Settings, tiny_onnx_dir: Path) -> Iterator[Settings]
 
 
 def _deltas() -> list[TokenDelta]:
-    return [TokenDelta(conversation_id=f"part-{i}-{'x' * (i % 5)}", message_index=0, role="user", seq=0,
+    run = uuid.uuid4().hex[:8]   # Redis conversation state is shared by every test run
+    return [TokenDelta(conversation_id=f"part-{run}-{i}-{'x' * (i % 5)}", message_index=0, role="user", seq=0,
                        text=f"question {i}: is this fine?", final=True, tenant="acme")
             for i in range(CONVERSATIONS)]
 
