@@ -16,6 +16,7 @@ from confluent_kafka import KafkaException
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.intake import InputLimits
 from pipeline.labels import LabelMaps, read_label_maps
 from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
@@ -69,11 +70,13 @@ def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None)
     scorer = Scorer(
         tokenizer, labels, policies, engine.model_name,
         progress_every_tokens=settings.progress_every_tokens, max_context_tokens=settings.max_context_tokens,
+        max_held_deltas=settings.max_held_deltas, max_held_bytes=settings.max_held_bytes,
     )
     client = redis.Redis.from_url(settings.redis_url)
     store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis)
     name = worker_name(settings)
-    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms)
+    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms,
+                               InputLimits.of(settings))
     return StreamWorker(settings, processor, store, metrics, name)
 
 
