@@ -44,17 +44,22 @@ class DlqEntry:
             return b""
         return base64.b64decode(self.record.original_b64)
 
+    def field(self, name: str) -> Any:
+        """A record field by name, whether this version of DlqRecord declares it or a newer writer added it."""
+        value = getattr(self.record, name, None) if self.record is not None else None
+        return self.extra.get(name) if value is None else value
+
     def original_length(self) -> int | None:
         """The original's full length where the writer recorded it (it may have stored a prefix)."""
         for name in LENGTH_FIELDS:
-            value = self.extra.get(name)
+            value = self.field(name)
             if isinstance(value, int):
                 return value
         return None
 
     def truncated(self) -> bool:
         length = self.original_length()
-        return bool(self.extra.get("original_truncated")) or (length is not None and length > len(self.original()))
+        return bool(self.field("original_truncated")) or (length is not None and length > len(self.original()))
 
 
 def decode_entry(partition: int, offset: int, raw: bytes | None) -> DlqEntry:

@@ -132,6 +132,8 @@ def run_show(args: argparse.Namespace) -> int:
         f"original      {len(original)} bytes" + (
             f" (TRUNCATED: the original had {entry.original_length()} bytes)" if entry.truncated() else ""),
     ]
+    if entry.field("original_sha256"):
+        lines.append(f"sha256        {entry.field('original_sha256')} (of the whole original)")
     lines += [f"{name:13} {value}" for name, value in sorted(entry.extra.items())]
     print("\n".join(lines))
     print(_decoded(original))
