@@ -50,3 +50,24 @@ def test_processes_option_writes_the_aggregate_throughput_per_process_count(
     assert all(p["tokens_per_s"] > 0 and p["threads_per_process"] >= 1 for p in report["results"])
     assert (out / "engine-processes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "--processes 1,2" in report["command"]
+
+
+def test_quick_bench_without_a_model_records_the_tiny_size_it_ran_and_its_run_time(tmp_path: Path) -> None:
+    from workers.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "engine", "--quick", "--state-dir", str(tmp_path / "state"), "--out", str(out)]) == 0
+    report = json.loads((out / "engine.json").read_text())
+    assert report["command"] == "guardstream bench engine --size tiny --quick"
+    assert report["seconds"] > 0 and report["bench_seconds"] > 0
+    assert report["seconds"] >= report["bench_seconds"]
+    assert "run took 0.0 s" not in (out / "engine.md").read_text()
+
+
+def test_bench_engine_and_bench_gen_default_to_the_same_size() -> None:
+    from workers.cli import build_parser
+
+    parser = build_parser()
+    engine = parser.parse_args(["bench", "engine"])
+    gen = parser.parse_args(["bench", "gen"])
+    assert engine.size == gen.size == "tiny"
