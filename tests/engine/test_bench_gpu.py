@@ -54,7 +54,7 @@ def test_every_planned_guardstream_step_parses_with_the_cli(tmp_path: Path) -> N
 
     steps = gpu.plan_steps(tmp_path, ".guardstream", install=[], kafka_up=True)
     commands = [s.argv for s in steps if s.argv[1:3] == ["-m", "workers.cli"]]
-    assert len(commands) == 2
+    assert len(commands) == 3
     for argv in commands:
         parsed = build_parser().parse_args(argv[3:])  # argparse exits (fails the test) on a bad flag
         assert parsed.func is not None

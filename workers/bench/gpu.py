@@ -7,7 +7,8 @@ Steps (each a child process, so a freshly installed onnxruntime-gpu is the one i
    packages unpack into one ``onnxruntime/`` folder, so remove both, then reinstall the GPU one);
 3. ``bench engine`` on the 0.6B model exported fp16, CUDA provider: cost vs context, tokens/s vs
    batch up to 256 and the per-step p50/p99 latency;
-4. ``bench e2e --quick`` on the CUDA device when a Kafka broker answers at the configured bootstrap.
+4. ``bench worker`` (backlog drain, per-stage host work) and ``bench e2e --quick`` on the CUDA device,
+   when a Kafka broker answers at the configured bootstrap.
 
 Writes ``gpu.json`` (what ran, for how long, exit codes, the two goals read from the results) next
 to each bench's own JSON and plots under ``--out``. ``--dry-run`` prints the steps and runs nothing.
@@ -196,9 +197,12 @@ def plan_steps(out: Path, state_dir: str, install: list[Step], kafka_up: bool) -
         "--kv-cache-gib", "80", "--state-dir", state_dir, "--out", str(out / "engine")], 420)
     e2e = Step("bench e2e (tiny, CUDA)", [*cli, "bench", "e2e", "--quick", "--device", "cuda",
                                            "--out", str(out / "e2e")], 240, optional=True)
+    worker = Step("bench worker (tiny, CUDA)", [*cli, "bench", "worker", "--device", "cuda", "--deltas", "20000",
+                                                 "--out", str(out / "worker")], 240, optional=True)
     if not kafka_up:
-        e2e.skipped = "no Kafka broker answers at the bootstrap address (start one with `guardstream up`)"
-    return [*install, engine, e2e]
+        e2e.skipped = worker.skipped = ("no Kafka broker answers at the bootstrap address "
+                                        "(start one with `guardstream up`)")
+    return [*install, engine, worker, e2e]
 
 
 def read_goals(engine_json: Path) -> dict[str, Any]:
