@@ -4,7 +4,7 @@
 longest cached common prefix (cropping re-tokenised tails and re-rendered history), prefills on a
 cache miss, and packs the new tokens of all requests into as few padded ORT calls as the token
 and context budgets allow. Causality makes the result independent of chunking and batching up to
-float rounding (model facts §6).
+float rounding (docs/model.md §6).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The directory holds ``model.onnx`` (+ ``model.onnx.data``), ``config.json``, ``labels.json``, the
 tokenizer files and ``guardstream-onnx.json`` (what the engine needs to drive the graph without
-torch). Export follows onnx-notes.md: dynamo exporter, explicit Dims with the past as one nested
+torch). Export follows docs/onnx-export.md: dynamo exporter, explicit Dims with the past as one nested
 tuple, opset 23 with sdpa and grouped KV heads (native ``Attention`` op), example sizes > 1.
 
 Validation before the directory appears: ``onnx.checker`` on the path (works past 2 GB) and a
@@ -13,7 +13,7 @@ fp16, logits are returned as float32 by the engine. ORT 1.32's CPU provider runs
 5e-4 from fp32 torch), so its parity run is checked with a looser bound; if a CPU build lacks an
 fp16 kernel the run is skipped and the reason recorded in ``guardstream-onnx.json``.
 
-transformers 5.17 has no ``TRANSFORMERS_SDPA_FORCE_GQA`` switch (onnx-notes used 5.23): the
+transformers 5.17 has no ``TRANSFORMERS_SDPA_FORCE_GQA`` switch (later releases have it): the
 wrapper registers its own sdpa attention with ``enable_gqa`` for the export instead.
 """
 
