@@ -124,8 +124,32 @@ class Settings:
     gap_timeout_ms: int = field(
         default=30000, metadata=_opt("How long a seq gap is held before it is reported to the DLQ", "worker")
     )
+    max_conversation_messages: int = field(
+        default=10_000,
+        metadata=_opt("Most messages in one conversation: deltas of a later message_index go to the DLQ", "worker"),
+    )
+    max_held_deltas: int = field(
+        default=1_000,
+        metadata=_opt("Most out-of-order deltas one conversation may hold while waiting for a gap (more: DLQ)",
+                      "worker"),
+    )
+    max_held_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_opt("Most bytes of out-of-order deltas one conversation may hold (more: DLQ)", "worker"),
+    )
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
+    )
+    engine_threads: int = field(
+        default=0,
+        metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
+                      "machine give each cores/N, docs/deploy.md)", "worker"),
+    )
+    gen_start_from: str = field(
+        default="latest",
+        metadata=_opt("Generative worker: where a NEW consumer group starts reading guard.in (latest: only "
+                      "conversations sent from now on; earliest: everything the topic still retains). A group "
+                      "with committed offsets always resumes from them", "worker", ["latest", "earliest"]),
     )
     gen_max_batch: int = field(default=8, metadata=_opt("Generative worker: largest batch", "worker"))
     gen_concurrency: int = field(
@@ -264,9 +288,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]
                 help=help_text,
             )
         else:
+            choices = f.metadata.get("choices")
+            # With choices the metavar lists them ({cpu,cuda,...}), so --help shows the values.
             parser.add_argument(
                 cli_flag(name), dest=name, default=None, type=int if kind == "int" else str,
-                choices=f.metadata.get("choices"), help=help_text, metavar=name.upper(),
+                choices=choices, help=help_text, metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
             )
 
 

@@ -55,14 +55,17 @@ from typing import Any
 import msgspec
 
 from pipeline.config import Settings
-from pipeline.dlq import dlq_record, reason_class
+from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, dlq_record, encode_fitting, reason_class
 from pipeline.errors import UserError
 from pipeline.gen.moderator import GenModerator, GenRuling
 from pipeline.gen.render import ModerationRequest
+from pipeline.intake import InputLimits, accept
 from pipeline.logging import configure_logging, get_logger
+from pipeline.ops.ports import start_ops_server
 from pipeline.ops.server import OpsServer
 from pipeline.policy import PolicyBook, load_policy_book
-from schemas.messages import DlqRecord, MessageError, TokenDelta, decode_delta, encode
+from pipeline.state.keys import conversation_key
+from schemas.messages import DlqRecord, MessageError, TokenDelta, bounded, encode
 from workers.generative.assembly import (
     AssemblyError,
     ConversationDraft,
@@ -127,7 +130,7 @@ class ConversationRuler:
 
     def __init__(self, *, table: Any, store: DraftStore, verdicts_topic: Any, dlq_topic: Any,
                  batcher: RulingBatcher, policies: PolicyBook, model_name: str, settings: Settings,
-                 metrics: GenMetrics) -> None:
+                 metrics: GenMetrics, dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> None:
         self.table = table
         self.store = store
         self.verdicts_topic = verdicts_topic
@@ -138,6 +141,8 @@ class ConversationRuler:
         self.settings = settings
         self.metrics = metrics
         self.write_failure: BaseException | None = None   # set once a Kafka write failed: the worker exits
+        self.limits = InputLimits.of(settings)
+        self.dlq_max_bytes = dlq_max_bytes
         self._inflight: dict[tuple[bytes, int], asyncio.Future[None]] = {}
         self._delivered: dict[bytes, set[int]] = defaultdict(set)   # delivered, not yet recorded as ruled
         self._busy: dict[bytes, int] = defaultdict(int)               # keys whose event is being handled
@@ -149,12 +154,13 @@ class ConversationRuler:
     async def on_event(self, event: Any) -> None:
         self.metrics.deltas.inc()
         try:
-            delta = decode_delta(event.value, self.settings.max_text_bytes)
+            delta = accept(_bytes_or_none(event.key), _bytes_or_none(event.value), self.limits)
         except MessageError as exc:
             await self._dead_letter(event, str(exc), None)
             self._ack_when_done(event, [])
             return
-        key = delta.conversation_id.encode("utf-8")
+        # The draft key is the shared injective state key (pipeline.state.keys): tenants never share a draft.
+        key = conversation_key(delta.tenant, delta.conversation_id).encode("utf-8")
         self._busy[key] += 1
         try:
             await self._on_delta(event, key, delta)
@@ -273,7 +279,8 @@ class ConversationRuler:
             tenant=draft.tenant, ruling=ruling, policies=self.policies, model=self.model_name,
             now_ms=_now_ms(), sent_ms=delta.ts_ms,
         )
-        delivery = await self.verdicts_topic.send(key=key, value=encode(verdict), force=True)
+        delivery = await self.verdicts_topic.send(key=conversation_id.encode("utf-8"), value=encode(verdict),
+                                                  force=True)
         await delivery
         self._delivered[key].add(index)
         self.metrics.rulings.labels(risk=verdict.risk, action=verdict.action).inc()
@@ -404,12 +411,17 @@ class ConversationRuler:
         message = event.message
         await self._send_dlq(dlq_record(reason, raw, message.topic, message.partition, message.offset, WORKER_NAME,
                                         _now_ms(), key=key, conversation_id=conversation_id))
-        log.warning("dead letter", extra={"reason": reason, "partition": message.partition, "offset": message.offset})
+        log.warning("dead letter", extra={"reason": bounded(reason), "partition": message.partition,
+                                          "offset": message.offset})
 
     async def _send_dlq(self, record: DlqRecord) -> None:
         key = record.conversation_id.encode("utf-8") if record.conversation_id else None
-        delivery = await self.dlq_topic.send(key=key, value=encode(record), force=True)
+        delivery = await self.dlq_topic.send(key=key, value=encode_fitting(record, self.dlq_max_bytes), force=True)
         await delivery
+
+
+def _bytes_or_none(value: Any) -> bytes | None:
+    return bytes(value) if isinstance(value, bytes | bytearray) else None
 
 
 # --- wiring -------------------------------------------------------------------------------------
@@ -457,7 +469,8 @@ def build_app(settings: Settings, partitions: int, store: DraftStore) -> tuple[A
         autodiscover=False,
         topic_replication_factor=settings.replication_factor,
         topic_partitions=partitions,
-        consumer_auto_offset_reset="earliest",
+        # Only for a group without committed offsets (docs/generative.md, "First start").
+        consumer_auto_offset_reset=settings.gen_start_from,
         broker_commit_interval=1.0,
         # Rulings still running at shutdown are replayed after restart (their events are unacked).
         stream_wait_empty=False,
@@ -508,8 +521,10 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     app, in_topic, table, verdicts, dlq = build_app(settings, partitions, store)
     batcher = RulingBatcher(moderator.rule, max_batch=settings.gen_max_batch, concurrency=settings.gen_concurrency,
                             max_wait_s=settings.max_batch_wait_ms / 1000, metrics=metrics)
+    dlq_limit = await loop.run_in_executor(None, dlq_max_bytes, settings)
     ruler = ConversationRuler(table=table, store=store, verdicts_topic=verdicts, dlq_topic=dlq, batcher=batcher,
-                              policies=policies, model_name=gen.name, settings=settings, metrics=metrics)
+                              policies=policies, model_name=gen.name, settings=settings, metrics=metrics,
+                              dlq_max_bytes=dlq_limit)
 
     async def moderate(stream: Any) -> None:
         async for event in stream.noack().events():
@@ -548,11 +563,29 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     return exit_code
 
 
+# faust, its `mode` library and aiokafka log ~40 INFO lines per start and rebalance.
+NOISY_LOGGERS = ("faust", "mode", "aiokafka")
+
+
+def quiet_libraries(log_level: str) -> None:
+    """Libraries' INFO lines and progress bars only at DEBUG (docs/generative.md, "Quiet logs")."""
+    import logging
+
+    if log_level.upper() == "DEBUG":
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def run_generative_worker(settings: Settings) -> int:
     """Run the generative worker until SIGTERM/SIGINT; returns the process exit code."""
     configure_logging(settings.log_level)
+    quiet_libraries(settings.log_level)
     metrics = GenMetrics()
-    ops = OpsServer(settings.metrics_port, metrics.registry).start() if settings.metrics_port else None
+    ops = start_ops_server(settings.metrics_port, metrics.registry) if settings.metrics_port else None
     try:
         return asyncio.run(serve(settings, metrics, ops))
     finally:

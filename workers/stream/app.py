@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from confluent_kafka import KafkaException
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.intake import InputLimits
 from pipeline.labels import LabelMaps, read_label_maps
 from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
@@ -22,6 +24,7 @@ from pipeline.state.store import StateStore
 from pipeline.tokens.files import load_model_tokenizer
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchProcessor
+from workers.stream.startup import fenced_error, is_fenced, wait_for_topics
 from workers.stream.worker import StreamWorker
 
 log = logging.getLogger("guardstream.stream")
@@ -59,7 +62,7 @@ def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None)
     if not settings.model:
         raise UserError("no model given: pass --model DIR (a checkpoint or an ONNX export) or set GUARD_MODEL")
     if engine is None:
-        from pipeline.onnx.engine import open_stream_engine
+        from pipeline.onnx.loader import open_stream_engine
 
         engine = open_stream_engine(settings.model, settings)
     labels, tokenizer = load_labels_and_tokenizer(settings.model)
@@ -67,11 +70,13 @@ def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None)
     scorer = Scorer(
         tokenizer, labels, policies, engine.model_name,
         progress_every_tokens=settings.progress_every_tokens, max_context_tokens=settings.max_context_tokens,
+        max_held_deltas=settings.max_held_deltas, max_held_bytes=settings.max_held_bytes,
     )
     client = redis.Redis.from_url(settings.redis_url)
     store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis)
     name = worker_name(settings)
-    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms)
+    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms,
+                               InputLimits.of(settings))
     return StreamWorker(settings, processor, store, metrics, name)
 
 
@@ -82,9 +87,9 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
     metrics = StreamMetrics()
     ops = None
     if settings.metrics_port:
-        from pipeline.ops.server import OpsServer
+        from pipeline.ops.ports import start_ops_server
 
-        ops = OpsServer(settings.metrics_port, metrics.registry).start()
+        ops = start_ops_server(settings.metrics_port, metrics.registry)
         log.info("ops server listening", extra={"port": ops.port})
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,7 +102,14 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         if ops is not None:
             ready_ops = ops
             worker.set_on_subscribed(lambda: ready_ops.set_ready(True))
-        worker.run(stop)
+        if not wait_for_topics(settings, stop):
+            return 0
+        try:
+            worker.run(stop)
+        except KafkaException as exc:
+            if is_fenced(exc):
+                raise fenced_error(settings, worker.name) from None
+            raise
     finally:
         if ops is not None:
             ops.set_ready(False)

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.dlq import reason_class
+from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, encode_fitting, reason_class
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
@@ -92,6 +92,7 @@ class StreamWorker:
         self._next_sweep_ms = 0
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
 
     @property
     def owned_partitions(self) -> list[PartitionId]:
@@ -104,8 +105,12 @@ class StreamWorker:
     # ------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         s = self.settings
+        # Every DLQ record is cut to what the producer and the DLQ topic accept (pipeline.dlq); a
+        # batch of them must fit the topic too, so batches are no larger than one record may be.
+        self._dlq_max_bytes = dlq_max_bytes(s)
         self._producer = make_producer(s, transactional_id=self.name, **{
             "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
+            "batch.size": min(1_000_000, self._dlq_max_bytes),
         })
         self._producer.init_transactions(_TXN_TIMEOUT_S)
         consumer_overrides: dict[str, Any] = {
@@ -227,7 +232,7 @@ class StreamWorker:
             for verdict in outcome.verdicts:
                 _produce(producer, s.topic_verdicts, verdict.conversation_id, encode(verdict))
             for rec in outcome.dlq:
-                _produce(producer, s.topic_dlq, rec.conversation_id, encode(rec))
+                _produce(producer, s.topic_dlq, rec.conversation_id, encode_fitting(rec, self._dlq_max_bytes))
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
                 _retrying("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
