@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import make_admin
+from pipeline.state.keys import conversation_key
 from schemas.messages import TokenDelta
 from tests.fixtures.stack import consume_all, produce_deltas
 from tests.gen.test_worker_kafka import WorkerProcess, _assert_valid, _wait_for_verdicts
@@ -46,7 +47,7 @@ def test_a_message_of_many_tiny_deltas_past_the_draft_limit_is_ruled_with_bounde
                        final=seq == DELTAS - 1, tenant="acme") for seq, piece in enumerate(pieces)]
     many += [TokenDelta(conversation_id="conv-many", message_index=1, role="assistant", seq=0, text="ok",
                         final=True, tenant="acme"),
-             TokenDelta(conversation_id="conv-many", type="end")]
+             TokenDelta(conversation_id="conv-many", type="end", tenant="acme")]   # the tenant is part of the id
     small = [TokenDelta(conversation_id="conv-small", message_index=0, role="user", seq=0, text="hi there",
                         final=True, tenant="acme")]
     produce_deltas(gen_settings, [*many, *small])
@@ -70,12 +71,14 @@ def test_a_message_of_many_tiny_deltas_past_the_draft_limit_is_ruled_with_bounde
 
     records = _changelog(gen_settings)
     assert max(len(k) + len(v or b"") for k, v in records) <= RECORD_BOUND
-    many_records = [(k, v) for k, v in records if (split_record_key(k) or (b"",))[0] == b"conv-many"]
+    many_key = conversation_key("acme", "conv-many").encode()
+    many_records = [(k, v) for k, v in records if (split_record_key(k) or (b"",))[0] == many_key]
     written = [k for k, v in many_records if v is not None]
     # One record per delta of both messages (plus any "ruled" marks), then a tombstone for each after `end`.
     assert DELTAS + 1 <= len(written) <= DELTAS + 3
     assert {k for k, v in many_records if v is None} == set(written)
-    assert any(split_record_key(k) == (b"conv-small", 0) and v is not None for k, v in records)
+    small_key = conversation_key("acme", "conv-small").encode()
+    assert any(split_record_key(k) == (small_key, 0) and v is not None for k, v in records)
 
 
 def test_an_idle_draft_expires_and_its_records_are_tombstoned(gen_settings: Settings, tmp_path: Path) -> None:
@@ -99,7 +102,8 @@ def test_an_idle_draft_expires_and_its_records_are_tombstoned(gen_settings: Sett
     finally:
         worker.close()
     records = _changelog(gen_settings)
-    idle = [(split_record_key(k), v) for k, v in records if (split_record_key(k) or (b"",))[0] == b"conv-idle"]
+    idle_key = conversation_key("acme", "conv-idle").encode()
+    idle = [(split_record_key(k), v) for k, v in records if (split_record_key(k) or (b"",))[0] == idle_key]
     # 3 chunk records, their 3 tombstones, then the new draft's record 0.
     assert [v is None for _, v in idle] == [False] * 3 + [True] * 3 + [False]
 
