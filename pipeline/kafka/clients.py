@@ -7,6 +7,10 @@ read-committed consumers); any librdkafka property can be overridden per call.
 from __future__ import annotations
 
 import logging
+import re
+import threading
+import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import Consumer, Producer
@@ -16,11 +20,52 @@ from pipeline.config import Settings
 
 # librdkafka's own log lines go through Python logging (and so the JSON log format).
 _LIBRDKAFKA_LOGGER = "guardstream.librdkafka"
+LOG_INTERVAL_S = 10.0
+_NUMBERS = re.compile(r"\d+")
+
+
+class OncePerInterval(logging.Filter):
+    """Lets one record of each kind through per interval and counts the rest.
+
+    A broker that is down makes librdkafka log every reconnect attempt (~20 lines a second);
+    the same for a worker retrying a call. A kind is the logger, the level and the message with
+    its numbers blanked out; the next record of a kind let through carries ``suppressed``, the
+    number of its kind left out since the last one.
+    """
+
+    def __init__(self, interval_s: float = LOG_INTERVAL_S, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple[str, int, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        kind = (record.name, record.levelno, _NUMBERS.sub("#", record.getMessage())[:200])
+        now = self._clock()
+        with self._lock:
+            last, suppressed = self._seen.get(kind, (float("-inf"), 0))
+            if now - last < self._interval_s:
+                self._seen[kind] = (last, suppressed + 1)
+                return False
+            if len(self._seen) > 1000:
+                self._seen.clear()  # bounded: a flood of distinct messages only costs repeats
+            self._seen[kind] = (now, 0)
+        if suppressed:
+            record.suppressed = suppressed
+        return True
+
+
+def rate_limited(logger: logging.Logger, interval_s: float = LOG_INTERVAL_S) -> logging.Logger:
+    """``logger`` with a OncePerInterval filter (added once)."""
+    if not any(isinstance(f, OncePerInterval) for f in logger.filters):
+        logger.addFilter(OncePerInterval(interval_s))
+    return logger
 
 
 def _base(settings: Settings, overrides: dict[str, Any]) -> dict[str, Any]:
     conf = settings.kafka_config()
-    conf.setdefault("logger", logging.getLogger(_LIBRDKAFKA_LOGGER))
+    conf.setdefault("logger", rate_limited(logging.getLogger(_LIBRDKAFKA_LOGGER)))
     conf.update(overrides)
     return conf
 

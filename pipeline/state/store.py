@@ -161,6 +161,10 @@ class StateStore:
             if int(r) != _WRITTEN
         ]
 
+    def ping(self) -> None:
+        """Raises a redis error when Redis does not answer (no retry: for health probes)."""
+        self._redis.ping()
+
     def memory_usage(self, key: str) -> int | None:
         """Bytes Redis spends on one key (for the docs' bytes-per-token figure)."""
         used = self._redis.memory_usage(key)
