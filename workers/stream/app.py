@@ -54,24 +54,24 @@ def load_labels_and_tokenizer(model: str) -> tuple[LabelMaps, Any]:
     return read_label_maps(folder), load_model_tokenizer(folder)
 
 
-# How long a starting worker waits for Kafka and Redis before it gives up with one line.
-STARTUP_WAIT_S = 20.0
-
-
 def build_worker(
     settings: Settings, metrics: StreamMetrics, engine: Any = None, health: WorkerHealth | None = None,
-    startup_wait_s: float = STARTUP_WAIT_S,
+    startup_wait_s: float | None = None,
 ) -> StreamWorker:
-    """Everything but the Kafka clients, which the worker opens in run()."""
+    """Everything but the Kafka clients, which the worker opens in run().
+
+    Waits up to ``startup_wait_s`` (default: ``health_grace_s``) for Redis and Kafka to answer.
+    """
     from pipeline.scoring.scorer import Scorer
 
     if not settings.model:
         raise UserError("no model given: pass --model DIR (a checkpoint or an ONNX export) or set GUARD_MODEL")
     # Short socket timeouts: a Redis that stops answering is a fault the loop retries, never a hang.
     client = redis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
-    wait_for_redis(client, settings, startup_wait_s)
+    wait_s = float(settings.health_grace_s if startup_wait_s is None else startup_wait_s)
+    wait_for_redis(client, settings, wait_s)
     check_eviction_policy(client, settings)
-    wait_for_kafka(settings, startup_wait_s)
+    wait_for_kafka(settings, wait_s)
     if engine is None:
         from pipeline.onnx.engine import open_stream_engine
 
