@@ -24,7 +24,7 @@ from workers.stream.records import InputRecord
 
 log = logging.getLogger("guardstream.stream.recovery")
 
-_REPLAY_BATCH = 500
+REPLAY_STEP_RECORDS = 500  # records replayed per step: bounds the time one loop iteration spends recovering
 _IDLE_LIMIT_S = 30.0
 
 
@@ -73,7 +73,7 @@ class PartitionRecovery:
         committed: int | None,
         now_ms: Callable[[], int],
         on_replayed: Callable[[int], None] = lambda n: None,
-        step_records: int = _REPLAY_BATCH,
+        step_records: int = REPLAY_STEP_RECORDS,
     ) -> None:
         self.settings = settings
         self.processor = processor

@@ -36,7 +36,7 @@ from workers.stream.health import ENGINE, KAFKA, REDIS, WorkerHealth
 from workers.stream.metrics import StreamMetrics, brokers_up, parse_kafka_stats
 from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
 from workers.stream.records import InputRecord
-from workers.stream.recovery import PartitionRecovery, RecoveryError, recover_partition
+from workers.stream.recovery import REPLAY_STEP_RECORDS, PartitionRecovery, RecoveryError, recover_partition
 
 log = logging.getLogger("guardstream.stream")
 # Lines a dependency outage repeats (every retry, every reconnect): once per interval.
@@ -126,6 +126,7 @@ class StreamWorker:
         self._on_subscribed = on_subscribed
         self._own = _Ownership()
         self._recovering: dict[PartitionId, _Recovering] = {}
+        self.recovery_step_records = REPLAY_STEP_RECORDS
         self._committed: dict[PartitionId, int] = {}   # next offset to read, as committed by this worker
         self._batch_deltas = max(1, min(settings.max_inflight_deltas, settings.max_batch_tokens))
         self._sweep_every_ms = max(250, settings.gap_timeout_ms // 4)
@@ -530,7 +531,7 @@ class StreamWorker:
                     self._committed[pid] = offset
                 self._recovering[pid].recovery = PartitionRecovery(
                     self.settings, self.processor, self.store, tp.topic, tp.partition, offset, now_ms,
-                    on_replayed=self.metrics.replayed.inc)
+                    on_replayed=self.metrics.replayed.inc, step_records=self.recovery_step_records)
             return
         pid, pending = next(iter(self._recovering.items()))
         assert pending.recovery is not None
