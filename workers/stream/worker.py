@@ -64,7 +64,7 @@ def fault_dependency(exc: BaseException) -> str:
         return ENGINE
     return KAFKA
 
-# Per transactional call; a call that fails is retried (see _retrying), so this stays short.
+# Per transactional call; a call that fails is settled with a fresh producer (see _settle_uncertain).
 _TXN_TIMEOUT_S = 10.0
 # A crashed worker's open transaction blocks reads of the group's committed offsets (KIP-447: they
 # are "unstable") until the broker aborts it at this timeout; keep it short, batches commit in far less.
@@ -135,6 +135,8 @@ class StreamWorker:
         self._stop = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._renew_producer = False
+        self._retired: list[Producer] = []
 
     @property
     def owned_partitions(self) -> list[PartitionId]:
@@ -179,12 +181,7 @@ class StreamWorker:
 
     def _open(self) -> None:
         s = self.settings
-        self._producer = make_producer(s, transactional_id=self.name, **{
-            "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
-            "error_cb": self._kafka_error,
-        })
-        producer = self._producer
-        self._retry("init_transactions", lambda: producer.init_transactions(_TXN_TIMEOUT_S))
+        self._open_producer()
         consumer_overrides: dict[str, Any] = {
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.offset.store": False,
@@ -199,6 +196,17 @@ class StreamWorker:
                                  on_lost=self._on_lost)
         self.health.subscribed(True)
         self._on_subscribed()
+
+    def _open_producer(self) -> None:
+        producer = make_producer(self.settings, transactional_id=self.name, **{
+            "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
+            "error_cb": self._kafka_error,
+        })
+        self._producer = producer
+        # With our transactional.id this also fences (aborts) what a predecessor left open.
+        self._retry("init_transactions", lambda: self._watched(
+            "init_transactions", lambda: producer.init_transactions(_TXN_TIMEOUT_S)))
+        self._renew_producer = False
 
     def step(self, wait_s: float) -> int:
         """Poll one micro-batch and carry it to the end; returns the number of deltas handled.
@@ -286,6 +294,11 @@ class StreamWorker:
         """librdkafka's error callback: all brokers down, transport failures, fatal errors."""
         if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
             self.health.failing(KAFKA, str(error))
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            # After a broker restart the first transaction of the old producer could hang in
+            # send_offsets_to_transaction (see _settle_uncertain): the next batch starts on a fresh one.
+            # the next batch starts on a fresh producer instead.
+            self._renew_producer = True
         faults_log.warning("kafka client error", extra={"error": str(error)[:300]})
 
     def _kafka_stats(self, stats_json: str) -> None:
@@ -347,13 +360,15 @@ class StreamWorker:
         return dict(self._own.held)
 
     def _commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
-        """Verdicts + DLQ records + consumed offsets in one transaction. False: aborted, batch rewound."""
+        """Verdicts + DLQ records + consumed offsets in one transaction. False: not committed, batch rewound."""
         assert self._producer is not None and self._consumer is not None
-        producer, consumer = self._producer, self._consumer
         s = self.settings
         offsets = _next_offsets(records)
         if not offsets and not outcome.verdicts and not outcome.dlq:
             return True  # a gap sweep that found nothing to report: no transaction needed
+        if self._renew_producer:
+            self._replace_producer("kafka was unreachable")
+        producer, consumer = self._producer, self._consumer
         try:
             producer.begin_transaction()
             for verdict in outcome.verdicts:
@@ -362,61 +377,86 @@ class StreamWorker:
                 self._produce(producer, s.topic_dlq, rec.conversation_id, encode(rec))
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                self._retrying("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
+                self._watched("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
                     tps, consumer.consumer_group_metadata(), _TXN_TIMEOUT_S))
-            self._retrying("commit_transaction", lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
+            self._watched("commit_transaction", lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError) and error.txn_requires_abort():
-                # E.g. a rebalance bumped the group generation (KIP-447 fencing) or the broker
-                # restarted mid-transaction: nothing of this batch is visible; judge it again.
+                # E.g. a rebalance bumped the group generation (KIP-447 fencing): nothing of this
+                # batch is visible; judge it again.
                 log.warning("transaction aborted; re-reading the batch", extra={"error": str(error)})
                 self.metrics.transactions_aborted.inc()
-                self._retrying("abort_transaction", lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
+                try:
+                    self._watched("abort_transaction", lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
+                except KafkaException as abort_exc:
+                    if not _may_retry(abort_exc.args[0] if abort_exc.args else None):
+                        raise
+                    return self._settle_uncertain(records, offsets, abort_exc)
                 self._rewind(records)
                 return False
+            if _may_retry(error):
+                return self._settle_uncertain(records, offsets, exc)
             raise  # fenced or fatal: exit, let the supervisor restart us (recovery makes that safe)
+        self._committed_batch(offsets)
+        return True
+
+    def _settle_uncertain(self, records: Sequence[InputRecord], offsets: dict[PartitionId, int],
+                          exc: KafkaException) -> bool:
+        """A transactional call failed with the broker or coordinator away: did the batch commit?
+
+        Retrying the call on the same producer could hang after the broker came back
+        (confluentinc/librdkafka#5456, #5511). Instead a fresh producer with the same
+        transactional.id fences the old one, which aborts its transaction unless its commit had
+        already gone through; the group's committed offsets then tell which of the two happened.
+        Committed: carry on (write the state). Not: rewind and judge the batch again.
+        """
+        assert self._consumer is not None
+        consumer = self._consumer
+        self.health.failing(KAFKA, str(exc))
+        self.metrics.faults.labels(dependency=KAFKA).inc()
+        faults_log.warning("kafka transaction failed; settling it with a fresh producer",
+                           extra={"error": str(exc)[:300]})
+        self._replace_producer("a transactional call failed")
+        if not offsets:
+            return False  # only a gap sweep's reports: the next sweep reports them again
+        tps = [TopicPartition(t, p) for t, p in offsets]
+        committed = self._retry("read committed offsets", lambda: consumer.committed(tps, timeout=10))
+        if all(tp.offset >= offsets[(tp.topic, tp.partition)] for tp in committed):
+            log.info("the failed transaction had committed; carrying on")
+            self._committed_batch(offsets)
+            return True
+        log.info("the failed transaction was aborted; re-reading the batch")
+        self.metrics.transactions_aborted.inc()
+        self._rewind(records)
+        return False
+
+    def _committed_batch(self, offsets: dict[PartitionId, int]) -> None:
         self._committed.update({pid: o for pid, o in offsets.items() if self._own.owns(pid)})
         if self.health.is_failing(KAFKA):
             log.info("kafka answers again")
         self.health.answered(KAFKA)
-        return True
 
-    def _retrying(self, what: str, call: Callable[[], object]) -> None:
-        """A transactional call, repeated while librdkafka says that is safe (e.g. broker restart).
+    def _replace_producer(self, why: str) -> None:
+        log.info("opening a fresh transactional producer", extra={"reason": why})
+        if self._producer is not None:
+            # Not destroyed here: destroying a producer with a stuck request can block; it is fenced.
+            self._retired.append(self._producer)
+            del self._retired[:-4]
+        self._open_producer()
 
-        librdkafka's send_offsets_to_transaction can block past its timeout when the group
-        coordinator went away (confluentinc/librdkafka#5456, #5511). A watchdog turns such a hang
-        into a clean process exit: nothing of the open transaction is visible, and the restarted
-        worker's recovery picks up exactly at the last committed batch.
-        """
-        first_failure: float | None = None
-        delay = 0.2
-        while True:
-            watchdog = threading.Timer(_HUNG_AFTER_S, _exit_hung, args=(what,))
-            watchdog.daemon = True
-            watchdog.start()
-            try:
-                call()
-                return
-            except KafkaException as exc:
-                error = exc.args[0] if exc.args else None
-                if not _may_retry(error):
-                    raise
-                now = time.monotonic()
-                first_failure = first_failure or now
-                self.health.failing(KAFKA, str(error))
-                self.metrics.faults.labels(dependency=KAFKA).inc()
-                faults_log.warning("kafka call failed; retrying", extra={"call": what, "error": str(error)})
-                if now - first_failure > self.settings.fault_retry_s:
-                    raise WorkerExit(EXIT_DEPENDENCY, f"kafka {what} kept failing for "
-                                                      f"{self.settings.fault_retry_s}s: {error}") from exc
-            finally:
-                watchdog.cancel()
-            # The open transaction is left to the broker (transaction.timeout.ms) or the restart.
-            if self._stop.wait(delay):
-                raise WorkerExit(0, f"stop requested while kafka {what} was failing; nothing was committed")
-            delay = min(delay * 2, _MAX_BACKOFF_S)
+    def _watched(self, what: str, call: Callable[[], object]) -> None:
+        """A Kafka call that must not hang: librdkafka has been seen to block past the timeout it
+        was given (confluentinc/librdkafka#5456). A watchdog turns such a hang into a process exit
+        with EXIT_KAFKA_HUNG: nothing of the open transaction is visible, and the restarted
+        worker's recovery picks up exactly at the last committed batch."""
+        watchdog = threading.Timer(_HUNG_AFTER_S, _exit_hung, args=(what,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            call()
+        finally:
+            watchdog.cancel()
 
     def _produce(self, producer: Producer, topic: str, key: str | None, value: bytes) -> None:
         while True:
