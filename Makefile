@@ -63,6 +63,7 @@ demo: setup
 lint: python-deps
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 up: kafka-jars
 	$(BIN)/guardstream up
