@@ -46,7 +46,9 @@ T = TypeVar("T")
 EXIT_DEPENDENCY = 75  # EX_TEMPFAIL: a dependency kept failing; the supervisor should restart the worker
 # What a worker cannot blame on its input. A Redis "OOM command not allowed" or "READONLY" reply is
 # a ResponseError: Redis refused the write, the input did nothing wrong.
-_FAULTS: tuple[type[BaseException], ...] = (redis.RedisError, KafkaException, EngineFailure, RecoveryError)
+# StaleState escapes only from a replay (Redis lost writes under it): the replay starts over.
+_FAULTS: tuple[type[BaseException], ...] = (redis.RedisError, KafkaException, EngineFailure, RecoveryError,
+                                            StaleState)
 
 
 class WorkerExit(Exception):
@@ -58,7 +60,7 @@ class WorkerExit(Exception):
 
 
 def fault_dependency(exc: BaseException) -> str:
-    if isinstance(exc, redis.RedisError):
+    if isinstance(exc, redis.RedisError | StaleState):
         return REDIS
     if isinstance(exc, EngineFailure):
         return ENGINE
