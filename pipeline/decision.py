@@ -17,6 +17,10 @@ Our definitions where the official rule says nothing:
 :class:`ResponseDebouncer` is the online form: fed one scored token at a time, it reports a flag at
 the first debounced pair and an escalation when an Unsafe pair follows a Controversial flag; its
 :meth:`ResponseDebouncer.decision` at the end equals :func:`decide_response` on the same tokens.
+
+:class:`ThresholdRule` is a tenant's optional layer on top (docs/eval.md, "Per-tenant thresholds"):
+probability thresholds that relabel each token before the debounce, and the debounce length. The
+default rule is the official one exactly (argmax labels, pairs).
 """
 
 from __future__ import annotations
@@ -95,6 +99,54 @@ def decide_prompt(query_risk_logits: np.ndarray, query_category_logits: np.ndarr
     )
 
 
+class ThresholdRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Per-token relabelling by probability thresholds, then a debounce of ``debounce_tokens`` tokens.
+
+    A token is ``unsafe`` when P(unsafe) >= ``unsafe_threshold`` (unset: its argmax is Unsafe); else
+    ``controversial`` when P(unsafe) + P(controversial) >= ``risky_threshold`` (unset: its argmax is
+    not Safe); else ``safe``. Probabilities are the verdicts' softmax at :data:`SCORE_DIGITS`
+    decimals (the sum is rounded too), so a verdict's ``scores`` show exactly what was compared and
+    float noise between engines cannot move a token across a threshold. A response is decided by
+    ``debounce_tokens`` consecutive tokens of one level (Unsafe run anywhere, else Controversial
+    run); the deciding token is the last of the first such run. Both thresholds unset and a
+    debounce of 2 is the official rule.
+    """
+
+    unsafe_threshold: float | None = None
+    risky_threshold: float | None = None
+    debounce_tokens: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("unsafe_threshold", "risky_threshold"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {value}")
+        if not 1 <= self.debounce_tokens <= 1024:
+            raise ValueError(f"debounce_tokens must be 1 to 1024, got {self.debounce_tokens}")
+
+    @property
+    def relabels(self) -> bool:
+        return self.unsafe_threshold is not None or self.risky_threshold is not None
+
+    def label(self, judged: TokenJudgement) -> TokenJudgement:
+        """The token as this rule sees it (category and scores unchanged)."""
+        if not self.relabels:
+            return judged
+        p_unsafe = judged.scores.get("unsafe", 0.0)
+        p_risky = round(p_unsafe + judged.scores.get("controversial", 0.0), SCORE_DIGITS)
+        unsafe = judged.risk == "unsafe" if self.unsafe_threshold is None else p_unsafe >= self.unsafe_threshold
+        if unsafe:
+            risk: Risk = "unsafe"
+        elif (judged.risk != "safe") if self.risky_threshold is None else p_risky >= self.risky_threshold:
+            risk = "controversial"
+        else:
+            risk = "safe"
+        return judged if risk == judged.risk else TokenJudgement(risk, judged.category, judged.scores)
+
+
+OFFICIAL_RULE = ThresholdRule()
+
+
 class PairEvent(msgspec.Struct, frozen=True):
     """A debounced pair: the level it reached and its deciding (second) token."""
 
@@ -112,13 +164,17 @@ class ResponseDebouncer(msgspec.Struct):
     first_unsafe: PairEvent | None = None
     first_controversial: PairEvent | None = None
     last_scores: dict[str, float] | None = None
+    run: int = 0   # consecutive tokens labelled ``previous`` (0 in states saved before it was kept)
 
-    def push(self, judged: TokenJudgement) -> PairEvent | None:
-        """Add the next scored token; return the flag it raises (first pair, or escalation), if any."""
+    def push(self, judged: TokenJudgement, rule: ThresholdRule = OFFICIAL_RULE) -> PairEvent | None:
+        """Add the next scored token; return the flag it raises (first run, or escalation), if any."""
+        judged = rule.label(judged)
         index = self.count
         self.count += 1
         self.last_scores = judged.scores
-        paired = judged.risk != "safe" and judged.risk == self.previous
+        # A state saved before ``run`` existed has run 0 with a previous label: that label is a run of 1.
+        self.run = max(self.run, 1) + 1 if judged.risk == self.previous else 1
+        paired = judged.risk != "safe" and self.run >= rule.debounce_tokens
         self.previous = judged.risk
         if not paired or self.first_unsafe is not None:
             return None
@@ -141,10 +197,12 @@ class ResponseDebouncer(msgspec.Struct):
         return Decision("safe", None, self.count - 1, dict(self.last_scores or {}), list(token_labels))
 
 
-def decide_response(risk_logits: np.ndarray, category_logits: np.ndarray, labels: LabelMaps) -> Decision:
-    """The response verdict over all scored tokens of an assistant message (official debounce rule)."""
+def decide_response(risk_logits: np.ndarray, category_logits: np.ndarray, labels: LabelMaps,
+                    rule: ThresholdRule = OFFICIAL_RULE) -> Decision:
+    """The response verdict over all scored tokens of an assistant message (official debounce rule,
+    or a tenant's :class:`ThresholdRule`); ``token_labels`` stay the argmax labels."""
     judged = judge_tokens(risk_logits, category_logits, labels.response_risk, labels.response_category)
     debouncer = ResponseDebouncer()
     for token in judged:
-        debouncer.push(token)
+        debouncer.push(token, rule)
     return debouncer.decision([t.risk for t in judged])

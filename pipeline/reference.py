@@ -28,7 +28,7 @@ import torch
 from tokenizers import Tokenizer
 
 from pipeline.conversations import Conversation, Message
-from pipeline.decision import Decision, decide_prompt, decide_response
+from pipeline.decision import OFFICIAL_RULE, Decision, decide_prompt, decide_response
 from pipeline.engine.types import FeedRequest, HeadOutputs
 from pipeline.labels import LabelMaps
 from pipeline.model.modeling import Qwen3GuardStream
@@ -262,6 +262,9 @@ class ReferenceModerator:
         verdicts = []
         for judgement in self.judge(conversation):
             decision = judgement.decision
+            if judgement.role == "assistant" and policy.rule != OFFICIAL_RULE:
+                decision = decide_response(judgement.scored.risk_logits, judgement.scored.category_logits,
+                                           self.labels, policy.rule)
             char_offset = None
             if decision.token_index is not None:
                 spans = scored_char_spans(self.text, conversation.messages, judgement.message_index)

@@ -10,12 +10,14 @@ from typing import Any
 import msgspec
 
 from schemas.messages import SCHEMA_VERSION, DlqRecord, TokenDelta, Verdict
+from schemas.policy import PolicyBookSpec
 
 SCHEMA_DIR = Path(__file__).parent / SCHEMA_VERSION
 FILES: dict[str, type[msgspec.Struct]] = {
     "token-delta.schema.json": TokenDelta,
     "verdict.schema.json": Verdict,
     "dlq-record.schema.json": DlqRecord,
+    "policy-book.schema.json": PolicyBookSpec,
 }
 
 

@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "model",      # model init-random
     "export",
     "moderate",
+    "eval",       # metrics on a labelled set
     "worker",     # worker stream|generative
     "send",
     "watch",

@@ -1,7 +1,8 @@
 """The three topics of guardstream and how they are created.
 
 - ``guard.in`` (topic_in): ``partitions`` partitions, delete, 1 day. Deltas are transient; a day
-  covers a worker outage, after which conversation state lives in Redis.
+  covers a worker outage, after which conversation state lives in Redis. Timestamps are the
+  broker's (LogAppendTime): the stream worker times gaps out in log time (docs/guarantees.md).
 - ``guard.verdicts`` (topic_verdicts): ``partitions`` partitions, delete, 7 days. Keyed by
   conversation, but one key carries many verdicts, so compaction would drop rulings.
 - ``guard.in.dlq`` (topic_dlq): 1 partition, delete, 14 days. Read by people: one partition keeps
@@ -57,6 +58,8 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_in, settings.partitions, rf, {
             **durability, "cleanup.policy": "delete", "retention.ms": str(DAY_MS),
             "segment.ms": str(HOUR_MS), "max.message.bytes": str(in_bytes),
+            # Gap deadlines count in record timestamps (log time): the broker's clock, not a producer's.
+            "message.timestamp.type": "LogAppendTime",
         }),
         TopicSpec(settings.topic_verdicts, settings.partitions, rf, {
             **durability, "cleanup.policy": "delete", "retention.ms": str(7 * DAY_MS),

@@ -142,7 +142,7 @@ class StreamRenderer:
         message.in_reasoning = False
         notes: list[str] = []
         if message.think and message.reasoning.base != -1:
-            spans = self.incremental.finish(message.reasoning.tokenizer)
+            spans = self._finish(message.reasoning)
             notes = self._append_text(state, message, spans, reserve=len(self.think_close) + len(self.end))
             self._extend(state, self.think_close)
         elif message.think:
@@ -159,7 +159,7 @@ class StreamRenderer:
         if message.role == "assistant":
             notes += self._end_reasoning(state, message)
         if not message.truncated:
-            spans = self.incremental.finish(message.content.tokenizer)
+            spans = self._finish(message.content)
             notes += self._append_text(state, message, spans, reserve=len(self.end))
         position = len(state.token_ids) // 4
         if message.role == "assistant":
@@ -177,6 +177,13 @@ class StreamRenderer:
         return notes
 
     # -- helpers --------------------------------------------------------------------------------
+    def _finish(self, stream: TextStream) -> TokenSpans:
+        """The held tail at the end of a text, its spans in message characters like :meth:`_feed`'s
+        (content after reasoning starts at the reasoning's length, not at 0)."""
+        emitted = self.incremental.finish(stream.tokenizer)
+        base = max(stream.base, 0)
+        return TokenSpans(emitted.ids, [(base + a, base + b) for a, b in emitted.spans])
+
     def _feed(self, stream: TextStream, text: str, offset: int, *, strip: bool, hold: bool) -> TokenSpans:
         if stream.base == -1:
             if strip:

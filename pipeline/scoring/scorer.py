@@ -8,9 +8,15 @@ model outputs), so replaying the same deltas rebuilds it, and every verdict's co
 watermarks are tied to scored-token indices, flags to the debounced pair, finals to the message end.
 
 Ordering: per conversation, deltas are applied in (message_index, seq) order; message i+1 begins
-after message i's final chunk. Duplicates are ignored. A delta that arrives early is held until the
-gap fills, or reported by ``expire`` after the timeout (so is a conversation's first delta that is
-not message 0 seq 0). A delta after its message's final chunk, a role change inside a message,
+after message i's final chunk. Duplicates are ignored. A delta that arrives early is held (in the
+state, so it is durable) until the gap fills, or reported by ``expire`` once the gap is older than
+the timeout: all held deltas wait on the same first missing position, so they are reported together,
+the deadline counted from the earliest of them (so is a conversation's first delta that is not
+message 0 seq 0). Times are the caller's log times (input record timestamps), so a replay of the
+same records rebuilds the same held set with the same deadline. ``end`` closes the conversation for
+good: it reports what is still held and a message left without its final chunk, and every later
+delta of the id is reported (ids are single-use; see docs/guarantees.md). A delta after its
+message's final chunk, a role change inside a message,
 reasoning on a non-assistant message, reasoning after content, or reasoning on an assistant message
 no user message precedes (the template drops it) is reported as a Rejection; its text is dropped
 but its place in the order (and ``final``) still counts, so the conversation goes on.
@@ -58,7 +64,12 @@ from pipeline.state.keys import conversation_key
 from pipeline.tokens.text import TextTokenizer
 from schemas.messages import Role, TokenDelta, Verdict
 
-__all__ = ["ConversationState", "Rejection", "Scorer", "SourceRef"]
+__all__ = ["AFTER_END", "ConversationState", "Rejection", "Scorer", "SourceRef", "gap_since_ms", "held_bytes"]
+
+# One reason, whichever way the deltas were batched: a delta that follows ``end`` in the same
+# micro-batch and one that meets the stored tombstone later are the same input (docs/guarantees.md).
+AFTER_END = ("delta after the conversation's end: a conversation id is single-use, "
+             "start a new conversation under a new id")
 
 _RISK_CODES = {"safe": 0, "unsafe": 1, "controversial": 2}
 _RISK_NAMES = ("safe", "unsafe", "controversial")
@@ -100,8 +111,14 @@ class Scorer:
     def apply(
         self, state: ConversationState, delta: TokenDelta, raw: bytes, source: SourceRef, now_ms: int,
     ) -> list[Rejection]:
-        """Take one delta (any order); return what must go to the DLQ. ``type: end`` is the caller's."""
+        """Take one delta (any order); return what must go to the DLQ. ``type: end`` goes to :meth:`end`.
+
+        ``now_ms`` is the delta's log time (the input record's timestamp): a held delta's deadline
+        counts from it.
+        """
         out = self._drain_notes(state)
+        if state.ended and delta.type != "end":
+            return [*out, Rejection(AFTER_END, raw, source, state.conversation_id)]
         if delta.type == "end" or delta.message_index is None or delta.seq is None:
             return out
         item = HeldDelta(delta, raw, source, now_ms)
@@ -120,22 +137,58 @@ class Scorer:
         return out + self._release_held(state)
 
     def expire(self, state: ConversationState, now_ms: int, gap_timeout_ms: int) -> list[Rejection]:
-        """Report held deltas that waited longer than ``gap_timeout_ms`` for the gap before them."""
+        """Report every held delta once the gap they wait on is ``gap_timeout_ms`` old.
+
+        The gap's age counts from the earliest held delta (when the gap was first seen): all held
+        deltas wait on the same first missing position, so they expire together.
+        """
         out = self._drain_notes(state)
-        expired = [h for h in state.held if now_ms - h.received_ms >= gap_timeout_ms]
-        if not expired:
+        since = gap_since_ms(state)
+        if since is None or now_ms - since < gap_timeout_ms:
             return out
-        state.held = [h for h in state.held if now_ms - h.received_ms < gap_timeout_ms]
-        if state.message < 0:
-            waiting = "the conversation's first delta (message 0, seq 0)"
-        elif state.message_open:
-            waiting = f"message {state.message} seq {state.next_seq}"
-        else:
-            waiting = f"message {state.message + 1} seq 0"
+        waiting = self._waiting_for(state)
+        expired, state.held = state.held, []
         for h in expired:
             out.append(self._reject(state, h, f"gap: message {h.delta.message_index} seq {h.delta.seq} waited "
                                               f"{gap_timeout_ms} ms for {waiting}, which never arrived"))
         return out
+
+    def end(self, state: ConversationState, raw: bytes, source: SourceRef) -> list[Rejection]:
+        """``type: end``: close the conversation; report what can no longer be judged.
+
+        Held deltas are reported (their gap can never fill now), and so is a message still open (its
+        final chunk never came, so it gets no final verdict): one record, the ``end`` itself. What
+        was accepted before stays pending and is scored to the end by the caller's engine rounds.
+        A second ``end`` changes nothing.
+        """
+        out = self._drain_notes(state)
+        if state.ended:
+            return out
+        state.ended = True
+        if state.held:
+            waiting = self._waiting_for(state)
+            held, state.held = state.held, []
+            out += [self._reject(state, h, f"gap at end: message {h.delta.message_index} seq {h.delta.seq} was "
+                                           f"held for {waiting}, which never arrived before the conversation's end")
+                    for h in held]
+        if state.message_open:
+            out.append(Rejection(
+                f"unfinished message at end: message {state.message} ended at seq {state.next_seq - 1} without "
+                "its final chunk; it gets no final verdict", raw, source, state.conversation_id))
+        return out
+
+    @staticmethod
+    def tombstone(state: ConversationState) -> ConversationState:
+        """What an ended conversation leaves in the store: enough to report later deltas of its id."""
+        return ConversationState(state.conversation_id, state.tenant, state.key, ended=True)
+
+    @staticmethod
+    def _waiting_for(state: ConversationState) -> str:
+        if state.message < 0:
+            return "the conversation's first delta (message 0, seq 0)"
+        if state.message_open:
+            return f"message {state.message} seq {state.next_seq}"
+        return f"message {state.message + 1} seq 0"
 
     def _position(self, state: ConversationState, message: int, seq: int) -> str:
         if message < state.message or (message == state.message and seq < state.next_seq):
@@ -301,7 +354,7 @@ class Scorer:
             record.last_span = span
             if self.include_token_labels:
                 record.labels += bytes([_RISK_CODES[token.risk]])
-            event = record.debouncer.push(token)
+            event = record.debouncer.push(token, policy.rule)   # the tenant's thresholds, if any
             if event is not None:
                 record.event_spans[index] = span
                 verdicts.append(self._flag(state, record, event, span, now_ms))
@@ -361,6 +414,16 @@ class Scorer:
             return -1
         end = starts[last + 1] if last + 1 < len(starts) else record.text_len
         return last if end <= covered_end else last - 1
+
+
+def gap_since_ms(state: ConversationState) -> int | None:
+    """Log time the current gap was first seen (its earliest held delta); None: nothing held."""
+    return min((h.received_ms for h in state.held), default=None)
+
+
+def held_bytes(state: ConversationState) -> int:
+    """Bytes of original input the state holds for a gap (what a per-conversation cap would bound)."""
+    return sum(len(h.raw) for h in state.held)
 
 
 def _is_utf8(text: str) -> bool:

@@ -45,7 +45,11 @@ class Rejection(msgspec.Struct, frozen=True):
 
 
 class HeldDelta(msgspec.Struct):
-    """A delta waiting for an earlier one (a seq gap), with what the DLQ needs if it expires."""
+    """A delta waiting for an earlier one (a seq gap), with what the DLQ needs if it expires.
+
+    ``received_ms`` is the input record's log time (its Kafka timestamp), not the worker's clock:
+    a replay of the log rebuilds the same value, so a gap's deadline survives restarts.
+    """
 
     delta: TokenDelta
     raw: bytes
@@ -113,7 +117,7 @@ class OpenMessage(msgspec.Struct):
     truncated: bool = False
 
 
-class ConversationState(msgspec.Struct):
+class ConversationState(msgspec.Struct, omit_defaults=True):   # small tombstones and fresh states
     conversation_id: str
     tenant: str | None
     key: str
@@ -137,3 +141,4 @@ class ConversationState(msgspec.Struct):
     group: list[GroupMessage] = msgspec.field(default_factory=list)
     scoring: list[MessageScoring] = msgspec.field(default_factory=list)
     full: bool = False                # the model context is used up: later messages are not judged
+    ended: bool = False               # ``type: end`` seen: the id is closed, later deltas are reported

@@ -18,3 +18,8 @@ def conversation_key(tenant: str | None, conversation_id: str) -> str:
 
 def watermark_key(group: str, topic: str, partition: int) -> str:
     return f"gs:wm:{group}:{topic}:{partition}"
+
+
+def held_index_key(group: str, topic: str, partition: int) -> str:
+    """The partition's index of conversations holding out-of-order deltas (a hash), next to its watermark."""
+    return f"gs:held:{group}:{topic}:{partition}"

@@ -18,7 +18,7 @@ from typing import TypeVar
 import redis
 from redis import exceptions as redis_errors
 
-from pipeline.state.keys import watermark_key
+from pipeline.state.keys import held_index_key, watermark_key
 
 NO_WATERMARK = -1
 # Redis restarting (or loading its AOF) is an outage to wait out, not a reason to crash a worker.
@@ -26,7 +26,9 @@ _TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_err
 T = TypeVar("T")
 log = logging.getLogger("guardstream.state")
 
-# KEYS[1] = watermark key; ARGV = expected, new, ttl_s, n_sets, (key, value) * n_sets, deleted keys...
+# KEYS[1] = watermark key, KEYS[2] = the partition's held-gap index (a hash: conversation key -> ref).
+# ARGV = expected, new, ttl_s, n_sets, n_deletes, n_held, (key, value) * n_sets, deleted keys * n_deletes,
+#        (conversation key, ref) * n_held, conversation keys that hold nothing any more...
 # Returns the stored watermark when it is not the expected one (nothing written), else -2.
 _FENCED_WRITE = """
 local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
@@ -36,14 +38,27 @@ if stored ~= expected then
 end
 local ttl = tonumber(ARGV[3])
 local n_sets = tonumber(ARGV[4])
-local i = 5
+local n_deletes = tonumber(ARGV[5])
+local n_held = tonumber(ARGV[6])
+local i = 7
 for _ = 1, n_sets do
   redis.call('SET', ARGV[i], ARGV[i + 1], 'EX', ttl)
   i = i + 2
 end
-while i <= #ARGV do
+for _ = 1, n_deletes do
   redis.call('DEL', ARGV[i])
   i = i + 1
+end
+for _ = 1, n_held do
+  redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
+  i = i + 2
+end
+while i <= #ARGV do
+  redis.call('HDEL', KEYS[2], ARGV[i])
+  i = i + 1
+end
+if n_held > 0 then
+  redis.call('EXPIRE', KEYS[2], ttl)
 end
 redis.call('SET', KEYS[1], ARGV[2])
 return -2
@@ -61,6 +76,10 @@ class PartitionWrite:
     new_watermark: int          # last input offset of the partition reflected by these states
     states: dict[str, bytes] = field(default_factory=dict)
     deleted: set[str] = field(default_factory=set)
+    # The partition's index of conversations holding out-of-order deltas, so that a worker that
+    # takes the partition over (restart, rebalance) knows whose gaps to time out.
+    held: dict[str, bytes] = field(default_factory=dict)     # conversation key -> encoded reference
+    unheld: set[str] = field(default_factory=set)            # conversation keys that hold nothing now
 
 
 @dataclass(frozen=True)
@@ -147,11 +166,18 @@ class StateStore:
             # so a write that did land reports a conflict that recovery resolves, never a double apply.
             pipe = self._redis.pipeline(transaction=False)
             for w in writes:
-                args: list[str | bytes | int] = [w.expected_watermark, w.new_watermark, self._ttl_s, len(w.states)]
+                deleted = sorted(w.deleted - w.states.keys())
+                args: list[str | bytes | int] = [w.expected_watermark, w.new_watermark, self._ttl_s, len(w.states),
+                                                 len(deleted), len(w.held)]
                 for key, value in w.states.items():
                     args.extend((key, value))
-                args.extend(sorted(w.deleted - w.states.keys()))
-                self._script(keys=[watermark_key(self._group, w.topic, w.partition)], args=args, client=pipe)
+                args.extend(deleted)
+                for key, ref in w.held.items():
+                    args.extend((key, ref))
+                args.extend(sorted(w.unheld - w.held.keys()))
+                keys = [watermark_key(self._group, w.topic, w.partition),
+                        held_index_key(self._group, w.topic, w.partition)]
+                self._script(keys=keys, args=args, client=pipe)
             return list(pipe.execute())
 
         results = self._retrying("write", write_all)
@@ -164,6 +190,13 @@ class StateStore:
     def ping(self) -> None:
         """Raises a redis error when Redis does not answer (no retry: for health probes)."""
         self._redis.ping()
+
+    def held_index(self, topic: str, partition: int) -> dict[str, bytes]:
+        """The partition's conversations that hold out-of-order deltas: conversation key -> reference."""
+        key = held_index_key(self._group, topic, partition)
+        raw = self._retrying("hgetall", lambda: self._redis.hgetall(key))
+        return {(k.decode() if isinstance(k, bytes) else str(k)): (v if isinstance(v, bytes) else str(v).encode())
+                for k, v in raw.items()}
 
     def memory_usage(self, key: str) -> int | None:
         """Bytes Redis spends on one key (for the docs' bytes-per-token figure)."""

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from pipeline.conversations import Message, parse_conversation
 from pipeline.decision import decide_response
 from pipeline.labels import LabelMaps
-from pipeline.scoring.scorer import Scorer, SourceRef
+from pipeline.scoring.scorer import AFTER_END, Scorer, SourceRef
 from pipeline.scoring.state import unpack
 from pipeline.tokens.chat import render_context
 from pipeline.tokens.text import TextTokenizer
@@ -417,3 +417,51 @@ def test_history_re_render_asks_the_engine_for_outputs_from_the_new_message_only
     header = [i for i, t in enumerate(expected) if t == 151644][-1]
     assert list(request.token_ids) == expected and request.start == header
     assert expected[:header] != before[:header]          # the answer before it lost its think block
+
+
+def test_a_gap_expires_as_a_whole_counted_from_its_first_held_delta(
+    make_scorer: Callable[..., Scorer], engine: HashEngine,
+) -> None:
+    deltas = chunked("gap-whole", FOLLOW_UP[:3], 5, None)
+    scorer = make_scorer()
+    state = scorer.new_state("gap-whole", None)
+    for i, d in enumerate(deltas[:2]):
+        scorer.apply(state, d, encode(d), SourceRef("guard.in", 0, i), 0)
+    scorer.apply(state, deltas[3], encode(deltas[3]), SourceRef("guard.in", 0, 3), 1_000)   # seq 2 missing
+    scorer.apply(state, deltas[4], encode(deltas[4]), SourceRef("guard.in", 0, 4), 1_800)
+    state = make_scorer().decode_state(scorer.encode_state(state))   # the deadline is in the durable state
+    assert scorer.expire(state, 1_999, gap_timeout_ms=1000) == []
+    expired = scorer.expire(state, 2_000, gap_timeout_ms=1000)   # 1000 ms after the FIRST held delta
+    assert [r.source.offset for r in expired] == [3, 4] and state.held == []
+
+
+def test_end_after_a_gap_reports_the_held_deltas_and_the_unfinished_message(
+    make_scorer: Callable[..., Scorer], engine: HashEngine,
+) -> None:
+    deltas = chunked("end-gap", FOLLOW_UP[:3], 5, None)
+    assistant = [i for i, d in enumerate(deltas) if d.message_index == 2]
+    missing = assistant[1]
+    scorer = make_scorer()
+    run = drive(scorer, engine, [d for i, d in enumerate(deltas) if i != missing])
+    assert len(run.state.held) == len(assistant) - 2
+    rejections = scorer.end(run.state, b"end", SourceRef("guard.in", 0, 99))
+    held = [r for r in rejections if r.reason.startswith("gap at end")]
+    assert len(held) == len(assistant) - 2 and all(f"message 2 seq {missing - assistant[0]}" in r.reason for r in held)
+    [unfinished] = [r for r in rejections if r.reason.startswith("unfinished message")]
+    assert unfinished.raw == b"end" and unfinished.source.offset == 99 and "message 2" in unfinished.reason
+    assert run.state.held == [] and run.state.ended
+    assert scorer.end(run.state, b"end", SourceRef("guard.in", 0, 100)) == []   # a second end changes nothing
+
+
+def test_every_delta_after_end_is_reported_with_one_reason_and_the_tombstone_is_small(
+    make_scorer: Callable[..., Scorer], engine: HashEngine,
+) -> None:
+    deltas = chunked("reuse", FOLLOW_UP[:2], None, None)
+    scorer = make_scorer()
+    run = drive(scorer, engine, deltas)
+    assert scorer.end(run.state, b"end", SourceRef("guard.in", 0, 9)) == []   # nothing held, nothing open
+    tombstone = make_scorer().decode_state(scorer.encode_state(scorer.tombstone(run.state)))
+    assert tombstone.ended and tombstone.token_ids == b"" and len(scorer.encode_state(tombstone)) < 100
+    for state in (run.state, tombstone):   # in the same batch, or later against the stored tombstone
+        reasons = [r.reason for d in deltas for r in scorer.apply(state, d, encode(d), SourceRef("t", 0, 0), 0)]
+        assert reasons == [AFTER_END] * len(deltas)

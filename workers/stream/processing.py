@@ -4,17 +4,26 @@ Pure with respect to Kafka: it takes consumed records and returns what must be p
 what must be written to Redis. The worker decides when (inside a transaction) and whether
 (replays suppress output). Failures are contained per record (bad input) and per conversation
 (unexpected exceptions): they become DLQ records, and the rest of the batch is judged.
+
+Same input, same outcome: nothing here depends on how records were cut into batches or on the
+wall clock, except gap sweeps. A held delta's deadline counts in log time (record timestamps);
+each record first expires the gaps of its conversation that its own timestamp shows are overdue,
+so a backlog reports exactly the gaps a live worker would. Only a partition that is caught up may
+have its gaps expired by the wall clock (``sweep``): nothing later in the log can fill them then.
+``type: end`` leaves a tombstone, so a delta after it is reported whether it arrives in the same
+batch or hours later (docs/guarantees.md, "Ordering, gaps and `end`").
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pipeline.dlq import dlq_record
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
-from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
+from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef, held_bytes
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
 from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta
@@ -58,6 +67,8 @@ class _Conversation:
     ended: bool = False
     failed: bool = False
     changed: bool = False
+    swept: bool = False        # a gap sweep may expire its held deltas by the wall clock
+    held_before: bool = False  # the loaded state held deltas (so the partition's held index names it)
 
 
 class StaleState(Exception):
@@ -90,6 +101,26 @@ def has_held_deltas(state: ConversationState) -> bool:
     return bool(state.held)
 
 
+def held_counts(state: ConversationState) -> tuple[int, int]:
+    """(held deltas, bytes of their original records): what per-conversation limits bound."""
+    return len(state.held), held_bytes(state)
+
+
+def encode_held_ref(ref: ConversationRef) -> bytes:
+    return json.dumps([ref.conversation_id, ref.tenant]).encode()
+
+
+def decode_held_ref(data: bytes, topic: str, partition: int) -> ConversationRef | None:
+    """A held-index entry; None for anything unreadable (the entry is then simply not swept)."""
+    try:
+        conversation_id, tenant = json.loads(data)
+    except (ValueError, TypeError):
+        return None
+    if not isinstance(conversation_id, str) or not (tenant is None or isinstance(tenant, str)):
+        return None
+    return ConversationRef(conversation_id, tenant, topic, partition)
+
+
 class BatchProcessor:
     def __init__(
         self,
@@ -119,7 +150,10 @@ class BatchProcessor:
         """Judge ``records`` (in offset order per partition) plus the conversations in ``sweep``.
 
         ``expected_watermarks`` is what the caller believes Redis holds per partition; the
-        returned writes carry it so that the store can fence them.
+        returned writes carry it so that the store can fence them. Conversations in ``sweep`` have
+        their gaps expired by the wall clock ``now_ms`` (unless ``expire_gaps`` is False): only pass
+        conversations of partitions with nothing left to read. Record-driven expiry is by log time
+        and always on, so a replay rebuilds the same states.
         """
         out = BatchOutcome(deltas=len(records))
         convs: dict[str, _Conversation] = {}
@@ -142,17 +176,18 @@ class BatchProcessor:
         for key, ref in (sweep or {}).items():
             if key not in convs:
                 convs[key] = _Conversation(key, ref.conversation_id, ref.tenant, ref.topic, ref.partition)
+            convs[key].swept = expire_gaps
 
         self._load_states(convs.values(), out, now_ms, expected_watermarks)
         for conv in convs.values():
-            self._apply(conv, out, now_ms, expire_gaps)
+            self._apply(conv, out, now_ms)
         self._score(list(convs.values()), out, now_ms)
 
         out.writes = self._writes(convs.values(), last_offset, expected_watermarks)
         for conv in convs.values():
             ref = ConversationRef(conv.conversation_id, conv.tenant, conv.topic, conv.partition)
             out.touched[conv.key] = ref
-            if conv.ended:
+            if conv.ended and conv.changed:
                 out.ended_keys.append(conv.key)
             elif conv.state is not None and not conv.failed and has_held_deltas(conv.state):
                 out.held[conv.key] = ref
@@ -179,30 +214,30 @@ class BatchProcessor:
                 continue
             try:
                 conv.state = self.scorer.decode_state(raw)
+                conv.held_before = has_held_deltas(conv.state)
             except Exception as exc:  # an unreadable state must not stop the partition
                 self._fail(conv, f"unreadable conversation state: {exc!r}", out, now_ms)
 
-    def _apply(self, conv: _Conversation, out: BatchOutcome, now_ms: int, expire_gaps: bool) -> None:
+    def _apply(self, conv: _Conversation, out: BatchOutcome, now_ms: int) -> None:
         if conv.failed or conv.state is None:
             return
         state = conv.state
         try:
             for rec, delta in conv.deltas:
-                if delta.type == "end":
-                    # Scored to the end first (the batch may hold its last chunks), then deleted.
-                    # Deltas after an end in one batch would reopen the id: not supported, dropped with it.
-                    conv.ended = True
-                    conv.changed = True
-                    continue
-                if conv.ended:
-                    out.dlq.append(self._dlq("delta after the conversation's end in the same batch", rec, now_ms,
-                                             delta.conversation_id))
-                    continue
                 source = SourceRef(rec.topic, rec.partition, rec.offset)
-                rejections = self.scorer.apply(state, delta, rec.value or b"", source, now_ms)
+                log_ms = rec.timestamp_ms if rec.timestamp_ms is not None and rec.timestamp_ms >= 0 else now_ms
+                # The record's own time says which gaps were overdue when it was appended: expire
+                # them first, exactly as a live worker's sweep would have before this record came.
+                rejections = self.scorer.expire(state, log_ms, self.gap_timeout_ms)
+                if delta.type == "end":
+                    # Scored to the end first (the batch may hold its last chunks), then a tombstone.
+                    rejections += self.scorer.end(state, rec.value or b"", source)
+                else:
+                    rejections += self.scorer.apply(state, delta, rec.value or b"", source, log_ms)
                 conv.changed = True
+                conv.ended = state.ended
                 out.dlq.extend(self._dlq_of(r, now_ms) for r in rejections)
-            if expire_gaps and not conv.ended:
+            if conv.swept and not state.ended:
                 expired = self.scorer.expire(state, now_ms, self.gap_timeout_ms)
                 if expired:
                     conv.changed = True
@@ -285,19 +320,37 @@ class BatchProcessor:
         for pid in last_offset:
             write_for(pid)
         for conv in convs:
-            if conv.failed or not conv.changed or conv.state is None:
+            if conv.failed or conv.state is None:
+                continue
+            holds = not conv.ended and has_held_deltas(conv.state)
+            if holds:
+                ref = ConversationRef(conv.conversation_id, conv.tenant, conv.topic, conv.partition)
+                write_for((conv.topic, conv.partition)).held[conv.key] = encode_held_ref(ref)
+            elif conv.held_before or conv.swept:
+                write_for((conv.topic, conv.partition)).unheld.add(conv.key)
+            if not conv.changed:
                 continue
             w = write_for((conv.topic, conv.partition))
-            if conv.ended:
-                w.deleted.add(conv.key)
-            else:
-                w.states[conv.key] = self.scorer.encode_state(conv.state)
+            # An ended conversation leaves a tombstone (not nothing) so that a later delta of its id is
+            # reported the same way whether it arrives in this batch or after the state was written.
+            state = self.scorer.tombstone(conv.state) if conv.ended else conv.state
+            w.states[conv.key] = self.scorer.encode_state(state)
         return list(writes.values())
 
     def _fail(self, conv: _Conversation, reason: str, out: BatchOutcome, now_ms: int) -> None:
         """Send a conversation's deltas of this batch to the DLQ; its stored state stays as it was."""
         conv.failed = True
         out.dlq.extend(self._dlq(reason, rec, now_ms, delta.conversation_id) for rec, delta in conv.deltas)
+
+    def held_conversations(self, topic: str, partition: int) -> dict[str, ConversationRef]:
+        """The partition's conversations holding out-of-order deltas, from the durable index: what a
+        worker that takes the partition over must sweep so their gaps are still reported."""
+        refs = {}
+        for key, data in self.store.held_index(topic, partition).items():
+            ref = decode_held_ref(data, topic, partition)
+            if ref is not None:
+                refs[key] = ref
+        return refs
 
     def _dlq(self, reason: str, rec: InputRecord, now_ms: int, conversation_id: str | None = None) -> DlqRecord:
         return dlq_record(reason, rec.value, rec.topic, rec.partition, rec.offset, self.worker_name, now_ms,

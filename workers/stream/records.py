@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
+
 
 @dataclass(frozen=True)
 class InputRecord:
@@ -14,4 +16,10 @@ class InputRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp_ms: int | None = None   # the record's Kafka timestamp: the log time gap deadlines count in
 
+
+def record_time_ms(timestamp: tuple[int, int]) -> int | None:
+    """A consumed message's ``timestamp()`` (type, ms) as log time; None when the broker gave none."""
+    kind, value = timestamp
+    return None if kind == TIMESTAMP_NOT_AVAILABLE or value < 0 else int(value)

@@ -20,7 +20,7 @@ from pipeline.config import Settings
 from pipeline.kafka.clients import make_consumer
 from pipeline.state.store import NO_WATERMARK, PartitionWrite, StateStore
 from workers.stream.processing import BatchProcessor
-from workers.stream.records import InputRecord
+from workers.stream.records import InputRecord, record_time_ms
 
 log = logging.getLogger("guardstream.stream.recovery")
 
@@ -168,7 +168,7 @@ class PartitionRecovery:
             if offset is None or offset >= end:
                 done = True
                 continue
-            batch.append(InputRecord(topic, partition, offset, msg.key(), msg.value()))
+            batch.append(InputRecord(topic, partition, offset, msg.key(), msg.value(), record_time_ms(msg.timestamp())))
         if batch:
             self._idle_since = time.monotonic()
             outcome = self.processor.process(batch, {(topic, partition): self._watermark}, self._now_ms(),

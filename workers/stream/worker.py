@@ -35,7 +35,7 @@ from workers.stream.engine_guard import EngineFailure
 from workers.stream.health import ENGINE, KAFKA, REDIS, WorkerHealth
 from workers.stream.metrics import StreamMetrics, brokers_up, parse_kafka_stats
 from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
-from workers.stream.records import InputRecord
+from workers.stream.records import InputRecord, record_time_ms
 from workers.stream.recovery import REPLAY_STEP_RECORDS, PartitionRecovery, RecoveryError, recover_partition
 
 log = logging.getLogger("guardstream.stream")
@@ -335,7 +335,8 @@ class StreamWorker:
                 # Paused for recovery but fetched already: read again once the partition resumes.
                 pending.rewind_to = offset if pending.rewind_to is None else min(pending.rewind_to, offset)
                 continue
-            records.append(InputRecord(topic, partition, offset, msg.key(), msg.value()))
+            records.append(InputRecord(topic, partition, offset, msg.key(), msg.value(),
+                                       record_time_ms(msg.timestamp())))
         return records
 
     def _process(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
@@ -354,12 +355,32 @@ class StreamWorker:
         raise RecoveryError("redis state kept changing under this worker; is another worker writing its partitions?")
 
     def _due_sweep(self) -> dict[str, ConversationRef]:
-        """Conversations holding out-of-order deltas get re-checked now and then so gaps time out."""
+        """Conversations holding out-of-order deltas get re-checked now and then so gaps time out.
+
+        Only on partitions read to their end: while a backlog is being read, the records still
+        unread may fill a gap, and their timestamps expire overdue gaps as they are judged (see
+        workers.stream.processing), so a backlog reports what a live worker would.
+        """
         t = now_ms()
         if not self._own.held or t < self._next_sweep_ms:
             return {}
         self._next_sweep_ms = t + self._sweep_every_ms
-        return dict(self._own.held)
+        caught_up = {pid for pid in {ref.partition_id for ref in self._own.held.values()} if self._caught_up(pid)}
+        return {k: ref for k, ref in self._own.held.items() if ref.partition_id in caught_up}
+
+    def _caught_up(self, pid: PartitionId) -> bool:
+        assert self._consumer is not None
+        tp = TopicPartition(*pid)
+        try:
+            _, high = self._consumer.get_watermark_offsets(tp, cached=True)
+            if high < 0:
+                _, high = self._consumer.get_watermark_offsets(tp, timeout=5)
+            position = self._consumer.position([tp])[0].offset
+        except KafkaException:
+            return False
+        if position < 0:   # nothing consumed since the assignment: reading resumes after the watermark
+            position = self._own.watermarks.get(pid, NO_WATERMARK) + 1
+        return high >= 0 and position >= high
 
     def _commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
         """Verdicts + DLQ records + consumed offsets in one transaction. False: not committed, batch rewound."""
@@ -580,8 +601,11 @@ class StreamWorker:
         watermark = pending.recovery.step()
         if watermark is None:
             return
+        # Gaps are durable: conversations that held deltas under the previous owner are swept here too.
+        held = self.processor.held_conversations(*pid)
         del self._recovering[pid]
         self._own.watermarks[pid] = watermark
+        self._own.held.update(held)
         consumer.resume([TopicPartition(pid[0], pid[1])])
         if pending.rewind_to is not None:
             consumer.seek(TopicPartition(pid[0], pid[1], self._committed.get(pid, pending.rewind_to)))
@@ -596,6 +620,8 @@ class StreamWorker:
             self.settings, self.processor, self.store, topic, partition, committed, now_ms,
             on_replayed=self.metrics.replayed.inc,
         )
+        # Gaps are durable: conversations that held deltas under the previous owner are swept here too.
+        self._own.held.update(self.processor.held_conversations(topic, partition))
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # The loop is synchronous: the last batch is committed and written before consume() runs
