@@ -34,6 +34,7 @@ class TextTokenizer:
         self.template = tokenizer
         self._plain = Tokenizer.from_str(tokenizer.to_str())
         self._plain.encode_special_tokens = True
+        self._pre = tokenizer.pre_tokenizer
         added = json.loads(tokenizer.to_str()).get("added_tokens", [])
         # Non-special added tokens are matched inside message text; their strings matter to the
         # incremental tokenizer, which must not cut text in the middle of one.
@@ -61,6 +62,14 @@ class TextTokenizer:
             return TokenSpans([], [])
         encoding = self._plain.encode(text, add_special_tokens=False)
         return TokenSpans(list(encoding.ids), [(int(a), int(b)) for a, b in encoding.offsets])
+
+    def pre_tokenize(self, normalized: str) -> list[tuple[str, tuple[int, int]]]:
+        """The pre-tokenizer's pieces of already normalized text, with their character spans."""
+        return list(self._pre.pre_tokenize_str(normalized))
+
+    def tokenize_piece(self, piece: str) -> list[tuple[int, int]]:
+        """BPE of one piece as :meth:`pre_tokenize` returns it: (id, bytes of the text it covers) per token."""
+        return [(int(t.id), len(t.value)) for t in self._plain.model.tokenize(piece)]
 
     def decode(self, ids: Sequence[int]) -> str:
         return str(self._plain.decode(list(ids), skip_special_tokens=False))

@@ -84,6 +84,15 @@ def test_ordinary_text_is_emitted_as_it_arrives_holding_back_only_a_short_tail(t
     assert state.pending_start > len(text) - 12
 
 
+def test_a_delta_of_many_tokens_is_emitted_up_to_its_last_word_at_once(text_tokenizer: TextTokenizer) -> None:
+    incremental = IncrementalTokenizer(text_tokenizer)
+    text = "The quick brown fox, 42 times, jumps over the lazy dog. It's fine.\n" * 50
+    state = IncrementalState()
+    for index in range(0, len(text), 64):
+        incremental.feed(state, text[index:index + 64])
+        assert len(state.pending) <= 12, f"held {state.pending!r}"
+
+
 def test_special_token_text_is_plain_text_but_think_tags_match(text_tokenizer: TextTokenizer) -> None:
     incremental = IncrementalTokenizer(text_tokenizer)
     state = IncrementalState()
