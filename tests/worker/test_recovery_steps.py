@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import Settings
 from pipeline.conversations import Conversation
 from pipeline.kafka import make_producer
@@ -23,6 +25,7 @@ from tests.worker.harness import (
     worker_settings,
 )
 from tests.worker.inprocess import InProcessWorker
+from workers.stream.recovery import PartitionRecovery
 
 
 def produce_to(settings: Settings, partition: int, deltas: list[TokenDelta]) -> None:
@@ -34,7 +37,8 @@ def produce_to(settings: Settings, partition: int, deltas: list[TokenDelta]) -> 
 
 
 def test_a_long_replay_does_not_hold_up_the_partitions_already_recovered(
-    settings: Settings, tiny_onnx_dir: Path, sample_conversations: list[Conversation], redis_client: object
+    settings: Settings, tiny_onnx_dir: Path, sample_conversations: list[Conversation], redis_client: object,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     settings = worker_settings(settings, tiny_onnx_dir)
     convs = renamed(sample_conversations, copies=2)
@@ -53,7 +57,14 @@ def test_a_long_replay_does_not_hold_up_the_partitions_already_recovered(
 
     second = InProcessWorker(settings)
     worker = second.worker
-    worker.recovery_step_records = 2         # many small steps
+    worker.recovery_step_records = 2         # many small steps ...
+    step = PartitionRecovery.step
+
+    def slow_step(self: PartitionRecovery) -> int | None:
+        time.sleep(0.05)                     # ... each as slow as a large model's: a replay of seconds
+        return step(self)
+
+    monkeypatch.setattr(PartitionRecovery, "step", slow_step)
     worker._open()
     produce_to(settings, 0, live)
     slow = {(settings.topic_in, 2), (settings.topic_in, 3)}
