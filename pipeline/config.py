@@ -124,6 +124,19 @@ class Settings:
     gap_timeout_ms: int = field(
         default=30000, metadata=_opt("How long a seq gap is held before it is reported to the DLQ", "worker")
     )
+    max_conversation_messages: int = field(
+        default=10_000,
+        metadata=_opt("Most messages in one conversation: deltas of a later message_index go to the DLQ", "worker"),
+    )
+    max_held_deltas: int = field(
+        default=1_000,
+        metadata=_opt("Most out-of-order deltas one conversation may hold while waiting for a gap (more: DLQ)",
+                      "worker"),
+    )
+    max_held_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_opt("Most bytes of out-of-order deltas one conversation may hold (more: DLQ)", "worker"),
+    )
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
     )

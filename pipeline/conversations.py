@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from pipeline.errors import UserError
+from schemas.messages import MAX_TENANT_CHARS
 
 Role = Literal["system", "user", "assistant"]
 ROLES: tuple[Role, ...] = ("system", "user", "assistant")
@@ -79,8 +80,8 @@ def parse_conversation(raw: Any, where: str) -> Conversation:
     if not isinstance(conversation_id, str) or not 1 <= len(conversation_id) <= MAX_CONVERSATION_ID:
         raise UserError(f"{where}: 'conversation_id' must be a string of 1 to {MAX_CONVERSATION_ID} characters")
     tenant = raw.get("tenant")
-    if tenant is not None and not isinstance(tenant, str):
-        raise UserError(f"{where}: 'tenant' must be a string when present")
+    if tenant is not None and (not isinstance(tenant, str) or not 1 <= len(tenant) <= MAX_TENANT_CHARS):
+        raise UserError(f"{where}: 'tenant' must be a string of 1 to {MAX_TENANT_CHARS} characters when present")
     messages = raw.get("messages")
     if not isinstance(messages, list) or not messages:
         raise UserError(f"{where}: 'messages' must be a non-empty list")

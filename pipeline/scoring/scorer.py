@@ -86,6 +86,8 @@ class Scorer:
         progress_every_tokens: int = 16,
         max_context_tokens: int = 8192,
         include_token_labels: bool = False,
+        max_held_deltas: int = 1_000,
+        max_held_bytes: int = 1024 * 1024,
     ) -> None:
         self.text = TextTokenizer.of(tokenizer)
         self.labels = labels
@@ -94,6 +96,8 @@ class Scorer:
         self.progress_every_tokens = progress_every_tokens
         self.include_token_labels = include_token_labels
         self.renderer = StreamRenderer(self.text, max_context_tokens)
+        self.max_held_deltas = max_held_deltas
+        self.max_held_bytes = max_held_bytes
         self._encoder = msgspec.msgpack.Encoder()
         self._decoder = msgspec.msgpack.Decoder(ConversationState)
 
@@ -131,6 +135,9 @@ class Scorer:
                                                      f"(seq {delta.seq} > final seq {state.next_seq - 1})")]
         if where == "early":
             if not any(h.delta.message_index == delta.message_index and h.delta.seq == delta.seq for h in state.held):
+                over = self._held_limit(state, item)
+                if over is not None:
+                    return [*out, self._reject(state, item, over)]
                 state.held.append(item)
             return out
         out += self._accept(state, item)
@@ -152,6 +159,18 @@ class Scorer:
             out.append(self._reject(state, h, f"gap: message {h.delta.message_index} seq {h.delta.seq} waited "
                                               f"{gap_timeout_ms} ms for {waiting}, which never arrived"))
         return out
+
+    def _held_limit(self, state: ConversationState, item: HeldDelta) -> str | None:
+        """Why ``item`` may not be held too (the conversation's state stays as it is), or None."""
+        if len(state.held) >= self.max_held_deltas:
+            return (f"held deltas limit: {self.max_held_deltas} deltas of this conversation already wait for "
+                    f"a gap; message {item.delta.message_index} seq {item.delta.seq} is not held")
+        held = held_bytes(state)
+        if held + len(item.raw) > self.max_held_bytes:
+            return (f"held bytes limit: {held} bytes of this conversation already wait for a gap, "
+                    f"+{len(item.raw)} > {self.max_held_bytes}; message {item.delta.message_index} "
+                    f"seq {item.delta.seq} is not held")
+        return None
 
     def end(self, state: ConversationState, raw: bytes, source: SourceRef) -> list[Rejection]:
         """``type: end``: close the conversation; report what can no longer be judged.

@@ -31,7 +31,13 @@ log = logging.getLogger("guardstream.state")
 #        (conversation key, ref) * n_held, conversation keys that hold nothing any more...
 # Returns the stored watermark when it is not the expected one (nothing written), else -2.
 _FENCED_WRITE = """
-local stored = tonumber(redis.call('GET', KEYS[1]) or '-1')
+-- An unreadable watermark counts as none (-1): the partition is replayed and the value replaced.
+-- Readable means what StateStore._watermark reads: -1 or 1 to 18 digits.
+local raw = redis.call('GET', KEYS[1])
+local stored = -1
+if raw and string.match(raw, '^%d+$') and #raw <= 18 then
+  stored = tonumber(raw)
+end
 local expected = tonumber(ARGV[1])
 if stored ~= expected then
   return stored
@@ -109,6 +115,21 @@ class StateStore:
         self._script = client.register_script(_FENCED_WRITE)
         self._observe = observe_latency or (lambda op, seconds: None)
         self._outage_limit_s = outage_limit_s
+        self._reported_corrupt: set[str] = set()
+
+    def _watermark(self, key: str, value: bytes | str | None) -> int:
+        """A stored watermark; an unreadable one (not written by a worker) counts as none, so the
+        partition is recovered by replay instead of the worker dying on it again and again."""
+        if value is None:
+            return NO_WATERMARK
+        text = value if isinstance(value, bytes) else value.encode()
+        if text == b"-1" or (text.isdigit() and len(text) <= 18):
+            return int(text)
+        if key not in self._reported_corrupt:
+            self._reported_corrupt.add(key)
+            log.error("unreadable watermark in redis; treating it as absent and replaying the partition",
+                      extra={"key": key, "value": repr(bytes(value[:64]) if isinstance(value, bytes) else value[:64])})
+        return NO_WATERMARK
 
     def _retrying(self, op: str, call: Callable[[], T]) -> T:
         """Run ``call``, retrying while Redis is unreachable, up to the outage limit."""
@@ -144,7 +165,7 @@ class StateStore:
         values = self._retrying("mget", lambda: self._redis.mget(everything))
         pairs = zip(keys, values[: len(keys)], strict=True)
         states = {k: v if isinstance(v, bytes) else v.encode() for k, v in pairs if v is not None}
-        marks = {p: NO_WATERMARK if v is None else int(v) for p, v in zip(partitions, values[len(keys):], strict=True)}
+        marks = {p: self._watermark(k, v) for p, k, v in zip(partitions, wm_keys, values[len(keys):], strict=True)}
         return states, marks
 
     def watermarks(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
@@ -154,7 +175,7 @@ class StateStore:
             return {}
         wm_keys = [watermark_key(self._group, topic, p) for p in parts]
         values = self._retrying("mget", lambda: self._redis.mget(wm_keys))
-        return {p: NO_WATERMARK if v is None else int(v) for p, v in zip(parts, values, strict=True)}
+        return {p: self._watermark(k, v) for p, k, v in zip(parts, wm_keys, values, strict=True)}
 
     def write(self, writes: Sequence[PartitionWrite]) -> list[WriteConflict]:
         """Apply each partition's changes atomically (one round trip for all); report conflicts."""

@@ -50,6 +50,7 @@ def test_write_then_read_gives_the_same_conversations(tmp_path: Path) -> None:
      "only assistant messages"),
     ('{"conversation_id": "c", "msgs": []}', "unknown field(s) msgs"),
     ('{"conversation_id": "c", "tenant": 5, "messages": [{"role": "user", "content": "x"}]}', "'tenant'"),
+    ('{"conversation_id": "c", "tenant": "", "messages": [{"role": "user", "content": "x"}]}', "1 to 128"),
 ])
 def test_a_bad_line_is_reported_with_its_line_number(tmp_path: Path, line: str, problem: str) -> None:
     good = '{"conversation_id": "ok", "messages": [{"role": "user", "content": "x"}]}'

@@ -11,7 +11,20 @@ import msgspec
 import pytest
 
 from schemas.generate import FILES, SCHEMA_DIR, render
-from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta, decode_verdict, encode
+from schemas.messages import (
+    MAX_MESSAGE_INDEX,
+    MAX_REASON_CHARS,
+    MAX_SEQ,
+    MAX_TENANT_CHARS,
+    MAX_TS_MS,
+    DlqRecord,
+    MessageError,
+    TokenDelta,
+    Verdict,
+    decode_delta,
+    decode_verdict,
+    encode,
+)
 
 VALID_DELTA = {"conversation_id": "c1", "message_index": 0, "role": "user", "seq": 0, "text": "hi", "final": True}
 
@@ -86,6 +99,13 @@ def test_encoded_messages_validate_against_their_json_schemas() -> None:
     {**VALID_DELTA, "conversation_id": "x" * 257},
     {k: v for k, v in VALID_DELTA.items() if k != "seq"},
     {**VALID_DELTA, "reasoning": True},  # a user message cannot carry reasoning
+    {**VALID_DELTA, "seq": 2**64},
+    {**VALID_DELTA, "message_index": 2**63},
+    {**VALID_DELTA, "message_index": MAX_MESSAGE_INDEX + 1},
+    {**VALID_DELTA, "ts_ms": MAX_TS_MS + 1},
+    {**VALID_DELTA, "seq": True},  # (1.0 is an integer to JSON Schema; the decoder refuses it, see below)
+    {**VALID_DELTA, "tenant": ""},
+    {**VALID_DELTA, "tenant": "t" * (MAX_TENANT_CHARS + 1)},
 ])
 def test_schema_and_decoder_both_reject_the_same_invalid_delta(body: dict[str, Any]) -> None:
     with pytest.raises(jsonschema.ValidationError):
@@ -114,7 +134,7 @@ def test_schema_and_decoder_both_reject_the_same_invalid_delta(body: dict[str, A
     (_raw(conversation_id="c" * 257), "$.conversation_id"),
     (_raw(reasoning=True), "only assistant messages carry reasoning"),
     (BAD_UTF8, f"invalid UTF-8 at byte {BAD_UTF8.index(0xFF)}"),
-    (b'{"conversation_id":"c","message_index":0,"role":"user","seq":0,"text":"\\ud800"}', "malformed JSON"),
+    (b'{"conversation_id":"c","message_index":0,"role":"user","seq":0,"text":"\\ud800"}', "lone surrogate"),
 ])
 def test_each_invalid_delta_class_is_rejected_with_a_reason_naming_the_problem(raw: bytes, reason_part: str) -> None:
     with pytest.raises(MessageError) as caught:
@@ -131,3 +151,56 @@ def test_oversized_text_is_rejected_with_its_size_and_the_limit() -> None:
 
 def test_a_conversation_id_of_exactly_256_characters_is_accepted() -> None:
     assert len(decode_delta(_raw(conversation_id="c" * 256)).conversation_id) == 256
+
+
+def _body(**changes: Any) -> str:
+    return json.dumps({**VALID_DELTA, **changes})
+
+
+@pytest.mark.parametrize(("raw", "reason_class"), [
+    (_raw(seq=2**64), "number out of range"),
+    (_raw(seq=2**63), "number out of range"),
+    (_raw(message_index=2**64 + 5), "number out of range"),
+    (_raw(ts_ms=2**64), "number out of range"),
+    (_raw(seq=1.0), "wrong type"),
+    (_raw(message_index=1e3), "wrong type"),
+    (_raw(seq=True), "wrong type"),
+    (_raw(text=[[["deep"]]]), "nested json"),
+    ((_body()[:-1] + ', "text": ' + "[" * 100_000 + "]" * 100_000 + "}").encode(), "nested json"),
+    (b"\xef\xbb\xbf" + _raw(), "byte order mark"),
+    (_body(text="a\u0000b").encode(), "nul character"),
+    (_body(conversation_id="c\u0000").encode(), "control character"),
+    (_body(tenant="acme\n").encode(), "control character"),
+    ((_body()[:-1] + ', "seq": 1}').encode(), "duplicate key"),
+    ((_body()[:-1] + ', "te\\u0078t": "x"}').encode(), "duplicate key"),
+    (b'{"conversation_id":"c","message_index":0,"role":"user","seq":0,"text":"\\udc00\\ud800"}', "lone surrogate"),
+    (b"\xff\xfe" + _raw(), "invalid UTF-8"),
+])
+def test_hostile_values_get_a_reason_that_names_their_class(raw: bytes, reason_class: str) -> None:
+    with pytest.raises(MessageError) as caught:
+        decode_delta(raw)
+    assert str(caught.value).lower().startswith(reason_class.lower()), str(caught.value)
+
+
+def test_reasons_quoting_input_are_bounded() -> None:
+    raw = json.dumps({**VALID_DELTA, "x" * 100_000: 1}).encode()  # msgspec quotes the unknown field name
+    with pytest.raises(MessageError) as caught:
+        decode_delta(raw)
+    assert len(str(caught.value)) <= MAX_REASON_CHARS
+    assert str(caught.value).endswith("[cut]")
+
+
+def test_the_largest_allowed_integers_are_accepted_and_documented_in_the_schema() -> None:
+    delta = decode_delta(_raw(message_index=MAX_MESSAGE_INDEX, seq=MAX_SEQ, ts_ms=MAX_TS_MS))
+    assert (delta.message_index, delta.seq, delta.ts_ms) == (MAX_MESSAGE_INDEX, MAX_SEQ, MAX_TS_MS)
+    jsonschema.validate(json.loads(encode(delta)), _schema("token-delta.schema.json"))
+    props = _schema("token-delta.schema.json")["$defs"]["TokenDelta"]["properties"]
+    maxima = {name: next(o["maximum"] for o in props[name]["anyOf"] if "maximum" in o)
+              for name in ("message_index", "seq", "ts_ms")}
+    assert maxima == {"message_index": MAX_MESSAGE_INDEX, "seq": MAX_SEQ, "ts_ms": MAX_TS_MS}
+    for schema in map(_schema, FILES):
+        for struct in schema["$defs"].values():
+            for name, prop in struct["properties"].items():
+                for option in prop.get("anyOf", [prop]):
+                    if option.get("type") == "integer":
+                        assert option.get("maximum", 2**64) <= 2**63 - 1, name

@@ -191,13 +191,17 @@ def test_every_message_gets_one_consistent_ruling_through_a_sigkill(gen_settings
 
 def test_bad_input_goes_to_the_dlq_and_good_input_is_still_ruled(gen_settings: Settings, tmp_path: Path) -> None:
     good = _deltas("conv-good", [("user", "a fine question"), ("assistant", "a fine answer")])
-    contradiction = TokenDelta(conversation_id="conv-good", message_index=0, role="assistant", seq=5, text="x")
+    contradiction = TokenDelta(conversation_id="conv-good", message_index=0, role="assistant", seq=5, text="x",
+                               tenant="acme")  # same tenant: drafts are per (tenant, conversation)
     bad: list[tuple[str | bytes | None, bytes]] = [
         ("k1", b"{not json"),
         ("k2", b"\xff\xfe\x00garbage"),
         ("k3", json.dumps({"conversation_id": "c", "role": "robot", "seq": 0, "message_index": 0}).encode()),
         ("k4", encode(TokenDelta(conversation_id="c", message_index=0, role="user", seq=0,
                                  text="x" * (gen_settings.max_text_bytes + 1)))),
+        # The shared edge checks (pipeline.intake): the key must be the conversation id; 64-bit bounds.
+        ("k5", encode(TokenDelta(conversation_id="c5", message_index=0, role="user", seq=0, text="hi", final=True))),
+        ("c6", json.dumps({"conversation_id": "c6", "role": "user", "seq": 2**64, "message_index": 0}).encode()),
     ]
     produce(gen_settings, gen_settings.topic_in, bad)
     produce_deltas(gen_settings, [*good, contradiction])
@@ -218,7 +222,8 @@ def test_bad_input_goes_to_the_dlq_and_good_input_is_still_ruled(gen_settings: S
                for r in consume_all(gen_settings, gen_settings.topic_dlq, timeout_s=30)]
     reasons = sorted(r.reason.split(":")[0] for r in records)
     assert reasons == sorted(["malformed JSON", "invalid UTF-8 at byte 0", "schema violation", "oversized text",
-                              "message 0 is a user message; a chunk says assistant"]), reasons
+                              "message 0 is a user message; a chunk says assistant", "key mismatch",
+                              "number out of range"]), reasons
     assert all(r.worker == "generative" and r.source_topic == gen_settings.topic_in for r in records)
     originals = {r.original_b64 for r in records}
     assert base64.b64encode(b"{not json").decode() in originals

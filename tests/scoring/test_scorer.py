@@ -419,6 +419,25 @@ def test_history_re_render_asks_the_engine_for_outputs_from_the_new_message_only
     assert expected[:header] != before[:header]          # the answer before it lost its think block
 
 
+@pytest.mark.parametrize(("limits", "reason"), [({"max_held_deltas": 4}, "held deltas limit"),
+                                                 ({"max_held_bytes": 700}, "held bytes limit")])
+def test_held_deltas_past_the_limit_go_to_the_dlq_and_the_conversation_goes_on(
+    make_scorer: Callable[..., Scorer], engine: HashEngine, limits: dict[str, int], reason: str,
+) -> None:
+    deltas = chunked("held", FOLLOW_UP[:3], 5, None)
+    missing = 2
+    scorer = make_scorer(**limits)
+    run = drive(scorer, engine, deltas[:missing] + deltas[missing + 1:])
+    held = len(run.state.held)
+    refused = [r for r in run.rejections if r.reason.startswith(reason)]
+    assert refused and held + len(refused) == len(deltas) - missing - 1
+    assert held <= limits.get("max_held_deltas", 1000)
+    assert sum(len(h.raw) for h in run.state.held) <= limits.get("max_held_bytes", 1 << 20)
+    # The state is intact: the late delta fills the gap and what was held is judged in order.
+    later = drive(scorer, engine, [deltas[missing]], state=run.state)
+    assert later.state.held == [] and later.rejections == [] and later.verdicts
+
+
 def test_a_gap_expires_as_a_whole_counted_from_its_first_held_delta(
     make_scorer: Callable[..., Scorer], engine: HashEngine,
 ) -> None:

@@ -43,7 +43,7 @@ def test_a_twelve_turn_conversation_in_one_batch_gets_every_reference_verdict(
     store = StateStore(redis_client, f"rounds-{uuid.uuid4().hex[:8]}", 60)
     processor = BatchProcessor(scorer, engine, store, "rounds", 1 << 20, 30000)
     deltas = conversation_deltas(conv, Chunker("chars", 9), end=False)
-    records = [InputRecord("rounds", 0, i, None, encode(d)) for i, d in enumerate(deltas)]
+    records = [InputRecord("rounds", 0, i, d.conversation_id.encode(), encode(d)) for i, d in enumerate(deltas)]
 
     out = processor.process(records, {}, 0)
 

@@ -10,6 +10,7 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.conversations import Conversation
+from pipeline.state.keys import CONVERSATION_NS, watermark_key
 from tests.fixtures.stack import produce_deltas
 from tests.worker.conftest import chunked_deltas, expected_verdicts, renamed
 from tests.worker.harness import (
@@ -26,6 +27,11 @@ from tests.worker.harness import (
 # Small batches: many transactions, so a kill lands between them (and inside one) mid-stream.
 SLOW = {"max_batch_tokens": 6, "gap_timeout_ms": 2000}
 
+
+
+def watermarks_of(settings: Settings) -> str:
+    """A Redis match pattern for the stream group's watermark keys of every input partition."""
+    return watermark_key(settings.stream_group, settings.topic_in, 0)[:-1] + "*"
 
 def kill_mid_stream(settings: Settings, worker: Any, total: int) -> None:
     """SIGKILL once the worker has committed some input but not all of it."""
@@ -70,9 +76,9 @@ def test_lost_redis_state_is_rebuilt_from_the_log(
     assert first.stop() == 0
     # Redis forgets everything this group wrote (a restart without persistence, a failover to a
     # stale replica): states and watermarks. Kafka still has the committed offsets and the log.
-    lost = [k for k in redis_client.scan_iter(match=f"gs:wm:{settings.stream_group}:*")]
+    lost = [k for k in redis_client.scan_iter(match=watermarks_of(settings))]
     prefix = conversations[0].conversation_id.split("-")[0]
-    lost += [k for k in redis_client.scan_iter(match=f"gs:*:{prefix}-*")]
+    lost += [k for k in redis_client.scan_iter(match=f"{CONVERSATION_NS}*{prefix}-*")]
     assert lost, "the first worker should have written state"
     redis_client.delete(*lost)
 
@@ -98,8 +104,8 @@ def test_redis_losing_state_under_a_running_worker_is_detected_and_replayed(
     # While the worker idles, Redis forgets the group's states and watermarks (a failover to a
     # replica that had not caught up). The worker must notice before it judges the next delta.
     prefix = conversations[0].conversation_id.split("-")[0]
-    lost = [*redis_client.scan_iter(match=f"gs:wm:{settings.stream_group}:*"),
-            *redis_client.scan_iter(match=f"gs:*:{prefix}-*")]
+    lost = [*redis_client.scan_iter(match=watermarks_of(settings)),
+            *redis_client.scan_iter(match=f"{CONVERSATION_NS}*{prefix}-*")]
     assert lost
     redis_client.delete(*lost)
     produce_deltas(settings, deltas[half:])

@@ -35,7 +35,7 @@ def stored_bytes_and_tokens(settings: Settings, onnx_dir: Path, client: redis.Re
     [conv] = renamed([Conversation("size", None, (Message("user", "Tell me a story."),
                                                   Message("assistant", text)))])
     deltas = conversation_deltas(conv, Chunker("chars", 40), end=False)[:-1]  # the last chunk: still open
-    records = [InputRecord("size", 0, i, None, encode(d)) for i, d in enumerate(deltas)]
+    records = [InputRecord("size", 0, i, d.conversation_id.encode(), encode(d)) for i, d in enumerate(deltas)]
     out = processor.process(records, {}, 0)
     assert not store.write(out.writes)
     key = conversation_key(None, conv.conversation_id)

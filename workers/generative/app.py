@@ -48,14 +48,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.config import Settings
-from pipeline.dlq import dlq_record, reason_class
+from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, dlq_record, encode_fitting, reason_class
 from pipeline.errors import UserError
 from pipeline.gen.moderator import GenModerator, GenRuling
 from pipeline.gen.render import ModerationRequest
+from pipeline.intake import InputLimits, accept
 from pipeline.logging import configure_logging, get_logger
 from pipeline.ops.server import OpsServer
 from pipeline.policy import PolicyBook, load_policy_book
-from schemas.messages import DlqRecord, MessageError, TokenDelta, decode_delta, encode
+from pipeline.state.keys import conversation_key
+from schemas.messages import DlqRecord, MessageError, TokenDelta, bounded, encode
 from workers.generative.assembly import (
     AssemblyError,
     ConversationDraft,
@@ -90,7 +92,8 @@ class ConversationRuler:
     """Per-event logic of the faust agent: assemble, schedule rulings, emit verdicts, ack."""
 
     def __init__(self, *, table: Any, verdicts_topic: Any, dlq_topic: Any, batcher: RulingBatcher,
-                 policies: PolicyBook, model_name: str, settings: Settings, metrics: GenMetrics) -> None:
+                 policies: PolicyBook, model_name: str, settings: Settings, metrics: GenMetrics,
+                 dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> None:
         self.table = table
         self.verdicts_topic = verdicts_topic
         self.dlq_topic = dlq_topic
@@ -99,6 +102,8 @@ class ConversationRuler:
         self.model_name = model_name
         self.settings = settings
         self.metrics = metrics
+        self.limits = InputLimits.of(settings)
+        self.dlq_max_bytes = dlq_max_bytes
         self._inflight: dict[tuple[bytes, int], asyncio.Future[None]] = {}
         self._delivered: dict[bytes, set[int]] = defaultdict(set)   # delivered, not yet marked in the table
         self._capacity = asyncio.Semaphore(max(1, settings.gen_max_batch * settings.gen_concurrency * 4))
@@ -109,12 +114,13 @@ class ConversationRuler:
     async def on_event(self, event: Any) -> None:
         self.metrics.deltas.inc()
         try:
-            delta = decode_delta(event.value, self.settings.max_text_bytes)
+            delta = accept(_bytes_or_none(event.key), _bytes_or_none(event.value), self.limits)
         except MessageError as exc:
             await self._dead_letter(event, str(exc), None)
             self._ack_when_done(event, [])
             return
-        key = delta.conversation_id.encode("utf-8")
+        # The table key is the shared injective state key (pipeline.state.keys): tenants never share a draft.
+        key = conversation_key(delta.tenant, delta.conversation_id).encode("utf-8")
         draft = decode_draft(self.table.get(key))
         changed = self._mark_delivered(key, draft)
         if delta.type == "end":
@@ -187,7 +193,8 @@ class ConversationRuler:
             tenant=draft.tenant, ruling=ruling, policies=self.policies, model=self.model_name,
             now_ms=_now_ms(), sent_ms=delta.ts_ms,
         )
-        delivery = await self.verdicts_topic.send(key=key, value=encode(verdict), force=True)
+        delivery = await self.verdicts_topic.send(key=conversation_id.encode("utf-8"), value=encode(verdict),
+                                                  force=True)
         await delivery
         self._delivered[key].add(index)
         self.metrics.rulings.labels(risk=verdict.risk, action=verdict.action).inc()
@@ -273,12 +280,17 @@ class ConversationRuler:
         message = event.message
         await self._send_dlq(dlq_record(reason, raw, message.topic, message.partition, message.offset, WORKER_NAME,
                                         _now_ms(), key=key, conversation_id=conversation_id))
-        log.warning("dead letter", extra={"reason": reason, "partition": message.partition, "offset": message.offset})
+        log.warning("dead letter", extra={"reason": bounded(reason), "partition": message.partition,
+                                          "offset": message.offset})
 
     async def _send_dlq(self, record: DlqRecord) -> None:
         key = record.conversation_id.encode("utf-8") if record.conversation_id else None
-        delivery = await self.dlq_topic.send(key=key, value=encode(record), force=True)
+        delivery = await self.dlq_topic.send(key=key, value=encode_fitting(record, self.dlq_max_bytes), force=True)
         await delivery
+
+
+def _bytes_or_none(value: Any) -> bytes | None:
+    return bytes(value) if isinstance(value, bytes | bytearray) else None
 
 
 # --- wiring -------------------------------------------------------------------------------------
@@ -369,8 +381,10 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     app, in_topic, table, verdicts, dlq = build_app(settings, partitions)
     batcher = RulingBatcher(moderator.rule, max_batch=settings.gen_max_batch, concurrency=settings.gen_concurrency,
                             max_wait_s=settings.max_batch_wait_ms / 1000, metrics=metrics)
+    dlq_limit = await loop.run_in_executor(None, dlq_max_bytes, settings)
     ruler = ConversationRuler(table=table, verdicts_topic=verdicts, dlq_topic=dlq, batcher=batcher,
-                              policies=policies, model_name=gen.name, settings=settings, metrics=metrics)
+                              policies=policies, model_name=gen.name, settings=settings, metrics=metrics,
+                              dlq_max_bytes=dlq_limit)
 
     async def moderate(stream: Any) -> None:
         async for event in stream.noack().events():

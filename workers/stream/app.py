@@ -15,6 +15,7 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.intake import InputLimits
 from pipeline.labels import LabelMaps, read_label_maps
 from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
@@ -81,11 +82,13 @@ def build_worker(
     scorer = Scorer(
         tokenizer, labels, policies, engine.model_name,
         progress_every_tokens=settings.progress_every_tokens, max_context_tokens=settings.max_context_tokens,
+        max_held_deltas=settings.max_held_deltas, max_held_bytes=settings.max_held_bytes,
     )
     # outage_limit_s=0: the worker's loop does the retrying (with back-off, health, and SIGTERM checks).
     store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis, outage_limit_s=0)
     name = worker_name(settings)
-    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms)
+    processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms,
+                               InputLimits.of(settings))
     return StreamWorker(settings, processor, store, metrics, name, health=health)
 
 

@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 
 from pipeline.dlq import dlq_record
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.intake import InputLimits, accept
 from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef, held_bytes
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
-from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict, decode_delta
+from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict
 from workers.stream.engine_guard import EngineFailure, engine_answers
 from workers.stream.records import InputRecord
 
@@ -130,6 +131,7 @@ class BatchProcessor:
         worker_name: str,
         max_text_bytes: int,
         gap_timeout_ms: int,
+        limits: InputLimits | None = None,
     ) -> None:
         self.scorer = scorer
         self.engine = engine
@@ -137,6 +139,7 @@ class BatchProcessor:
         self.worker_name = worker_name
         self.max_text_bytes = max_text_bytes
         self.gap_timeout_ms = gap_timeout_ms
+        self.limits = limits or InputLimits(max_text_bytes=max_text_bytes)
 
     # ------------------------------------------------------------------------------------
     def process(
@@ -162,7 +165,7 @@ class BatchProcessor:
             pid = (rec.topic, rec.partition)
             last_offset[pid] = max(last_offset.get(pid, -1), rec.offset)
             try:
-                delta = decode_delta(rec.value, self.max_text_bytes)
+                delta = accept(rec.key, rec.value, self.limits)
             except MessageError as exc:
                 out.dlq.append(self._dlq(str(exc), rec, now_ms))
                 continue
@@ -358,6 +361,7 @@ class BatchProcessor:
 
     def _dlq_of(self, rejection: Rejection, now_ms: int) -> DlqRecord:
         src = rejection.source
+        # Only accepted deltas reach the scorer, and their key is their conversation id (pipeline.intake).
         return dlq_record(rejection.reason, rejection.raw, src.topic, src.partition, src.offset, self.worker_name,
-                          now_ms, conversation_id=rejection.conversation_id)
+                          now_ms, key=rejection.conversation_id.encode(), conversation_id=rejection.conversation_id)
 

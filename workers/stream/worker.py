@@ -27,7 +27,7 @@ import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.dlq import reason_class
+from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, encode_fitting, reason_class
 from pipeline.kafka.clients import make_consumer, make_producer, rate_limited
 from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
@@ -139,6 +139,7 @@ class StreamWorker:
         self._producer: Producer | None = None
         self._renew_producer = False
         self._retired: list[Producer] = []
+        self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
 
     @property
     def owned_partitions(self) -> list[PartitionId]:
@@ -183,6 +184,9 @@ class StreamWorker:
 
     def _open(self) -> None:
         s = self.settings
+        # Every DLQ record is cut to what the producer and the DLQ topic accept (pipeline.dlq); a
+        # batch of them must fit the topic too, so batches are no larger than one record may be.
+        self._dlq_max_bytes = dlq_max_bytes(s)
         self._open_producer()
         consumer_overrides: dict[str, Any] = {
             "partition.assignment.strategy": "cooperative-sticky",
@@ -202,6 +206,7 @@ class StreamWorker:
     def _open_producer(self) -> None:
         producer = make_producer(self.settings, transactional_id=self.name, **{
             "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
+            "batch.size": min(1_000_000, self._dlq_max_bytes),
             "error_cb": self._kafka_error,
         })
         self._producer = producer
@@ -397,7 +402,7 @@ class StreamWorker:
             for verdict in outcome.verdicts:
                 self._produce(producer, s.topic_verdicts, verdict.conversation_id, encode(verdict))
             for rec in outcome.dlq:
-                self._produce(producer, s.topic_dlq, rec.conversation_id, encode(rec))
+                self._produce(producer, s.topic_dlq, rec.conversation_id, encode_fitting(rec, self._dlq_max_bytes))
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
                 self._watched("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
