@@ -1,14 +1,12 @@
-"""What /healthz and /readyz answer, and the rate limit on repeated log lines (no Kafka needed)."""
+"""What /healthz and /readyz answer (no Kafka needed)."""
 
 from __future__ import annotations
 
-import logging
 import urllib.error
 import urllib.request
 
 from prometheus_client import CollectorRegistry
 
-from pipeline.kafka.clients import OncePerInterval
 from pipeline.ops.server import OpsServer
 from workers.stream.health import KAFKA, REDIS, WorkerHealth
 
@@ -83,19 +81,3 @@ def test_the_ops_server_answers_with_the_checks_and_their_reason() -> None:
                 assert b"redis" in exc.read()
     finally:
         server.stop()
-
-
-def test_repeated_log_lines_pass_once_per_interval_with_a_count() -> None:
-    clock = Clock()
-    limiter = OncePerInterval(interval_s=10, clock=clock)
-
-    def record(msg: str) -> logging.LogRecord:
-        return logging.LogRecord("guardstream.librdkafka", logging.ERROR, "", 0, msg, None, None)
-
-    passed = [limiter.filter(record(f"Connect to 127.0.0.1:9092 failed (after {n}ms)")) for n in range(20)]
-    assert passed == [True] + [False] * 19
-    assert limiter.filter(record("another kind of error"))
-    clock.now += 11
-    again = record("Connect to 127.0.0.1:9092 failed (after 3ms)")
-    assert limiter.filter(again)
-    assert getattr(again, "suppressed", None) == 19

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from confluent_kafka import KafkaException
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
@@ -24,7 +25,15 @@ from pipeline.tokens.files import load_model_tokenizer
 from workers.stream.health import WorkerHealth
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchProcessor
-from workers.stream.startup import DependencyUnavailable, check_eviction_policy, wait_for_kafka, wait_for_redis
+from workers.stream.startup import (
+    DependencyUnavailable,
+    check_eviction_policy,
+    fenced_error,
+    is_fenced,
+    wait_for_kafka,
+    wait_for_redis,
+    wait_for_topics,
+)
 from workers.stream.worker import EXIT_DEPENDENCY, StreamWorker
 
 log = logging.getLogger("guardstream.stream")
@@ -104,10 +113,10 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
     health = WorkerHealth(settings.health_stall_s, settings.health_grace_s)
     ops = None
     if settings.metrics_port:
-        from pipeline.ops.server import OpsServer
+        from pipeline.ops.ports import start_ops_server
 
-        ops = OpsServer(settings.metrics_port, metrics.registry, alive_check=health.alive,
-                        ready_check=health.ready).start()
+        ops = start_ops_server(settings.metrics_port, metrics.registry, alive_check=health.alive,
+                               ready_check=health.ready)
         log.info("ops server listening", extra={"port": ops.port})
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -124,7 +133,14 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         if ops is not None:
             ready_ops = ops
             worker.set_on_subscribed(lambda: ready_ops.set_ready(True))
-        return worker.run(stop)
+        if not wait_for_topics(settings, stop):
+            return 0
+        try:
+            return worker.run(stop)
+        except KafkaException as exc:
+            if is_fenced(exc):
+                raise fenced_error(settings, worker.name) from None
+            raise
     finally:
         if ops is not None:
             ops.set_ready(False)

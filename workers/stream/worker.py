@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from pipeline.config import Settings
 from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, encode_fitting, reason_class
-from pipeline.kafka.clients import make_consumer, make_producer, rate_limited
+from pipeline.kafka.clients import RateLimitedLog, make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
 from workers.stream.engine_guard import EngineFailure
@@ -40,7 +40,7 @@ from workers.stream.recovery import REPLAY_STEP_RECORDS, PartitionRecovery, Reco
 
 log = logging.getLogger("guardstream.stream")
 # Lines a dependency outage repeats (every retry, every reconnect): once per interval.
-faults_log = rate_limited(logging.getLogger("guardstream.stream.faults"))
+faults_log = RateLimitedLog(logging.getLogger("guardstream.stream.faults"), interval_s=10.0)
 T = TypeVar("T")
 
 EXIT_DEPENDENCY = 75  # EX_TEMPFAIL: a dependency kept failing; the supervisor should restart the worker
@@ -267,7 +267,7 @@ class StreamWorker:
                 first_failure = first_failure or now
                 self.health.failing(dep, str(exc))
                 self.metrics.faults.labels(dependency=dep).inc()
-                faults_log.warning("%s failing; retrying (nothing is committed meanwhile)", dep, extra={
+                faults_log.log(logging.WARNING, "%s failing; retrying (nothing is committed meanwhile)", dep, extra={
                     "during": what, "error": str(exc)[:300], "failing_for_s": round(now - first_failure, 1)})
                 if now - first_failure > self.settings.fault_retry_s:
                     raise WorkerExit(EXIT_DEPENDENCY, f"{dep} kept failing for {self.settings.fault_retry_s}s "
@@ -291,7 +291,7 @@ class StreamWorker:
             self.store.ping()
         except redis.RedisError as exc:
             self.health.failing(REDIS, str(exc))
-            faults_log.warning("redis not answering", extra={"error": str(exc)[:300]})
+            faults_log.log(logging.WARNING, "redis not answering", extra={"error": str(exc)[:300]})
             return
         if self.health.is_failing(REDIS):
             log.info("redis answers again")
@@ -306,7 +306,7 @@ class StreamWorker:
             # send_offsets_to_transaction (see _settle_uncertain): the next batch starts on a fresh one.
             # the next batch starts on a fresh producer instead.
             self._renew_producer = True
-        faults_log.warning("kafka client error", extra={"error": str(error)[:300]})
+        faults_log.log(logging.WARNING, "kafka client error", extra={"error": str(error)[:300]})
 
     def _kafka_stats(self, stats_json: str) -> None:
         stats = parse_kafka_stats(stats_json)
@@ -327,7 +327,7 @@ class StreamWorker:
                 if err.fatal():
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
-                    faults_log.warning("consumer error", extra={"error": str(err)})
+                    faults_log.log(logging.WARNING, "consumer error", extra={"error": str(err)})
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:
@@ -443,7 +443,7 @@ class StreamWorker:
         consumer = self._consumer
         self.health.failing(KAFKA, str(exc))
         self.metrics.faults.labels(dependency=KAFKA).inc()
-        faults_log.warning("kafka transaction failed; settling it with a fresh producer",
+        faults_log.log(logging.WARNING, "kafka transaction failed; settling it with a fresh producer",
                            extra={"error": str(exc)[:300]})
         self._replace_producer("a transactional call failed")
         if not offsets:
@@ -590,7 +590,7 @@ class StreamWorker:
             except KafkaException as exc:
                 if not _may_retry(exc.args[0] if exc.args else None):
                     raise
-                faults_log.info("committed offsets not readable yet; retrying", extra={"error": str(exc)})
+                faults_log.log(logging.INFO, "committed offsets not readable yet; retrying", extra={"error": str(exc)})
                 return
             for tp in committed:
                 pid = (tp.topic, tp.partition)
