@@ -151,6 +151,11 @@ class Settings:
                       "conversation state is lost without notice); the default refuses anything but noeviction",
                       "worker"),
     )
+    engine_threads: int = field(
+        default=0,
+        metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
+                      "machine give each cores/N, docs/deploy.md)", "worker"),
+    )
     gen_start_from: str = field(
         default="latest",
         metadata=_opt("Generative worker: where a NEW consumer group starts reading guard.in (latest: only "

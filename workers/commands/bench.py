@@ -1,11 +1,11 @@
-"""``guardstream bench engine|e2e|gen|tokenizer|worker|soak``: suites, each with its baseline in the same run."""
+"""``guardstream bench engine|e2e|gen|tokenizer|worker|gpu|soak``: suites, baseline in the same run."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "soak")
+SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gpu", "soak")
 
 
 def register(sub: Any) -> None:

@@ -83,7 +83,7 @@ def build_worker(
     check_eviction_policy(client, settings)
     wait_for_kafka(settings, wait_s)
     if engine is None:
-        from pipeline.onnx.engine import open_stream_engine
+        from pipeline.onnx.loader import open_stream_engine
 
         engine = open_stream_engine(settings.model, settings)
     labels, tokenizer = load_labels_and_tokenizer(settings.model)
