@@ -149,6 +149,32 @@ class Settings:
         metadata=_opt("Generative worker: torch CPU threads (0: torch's default, one per core; 1 on busy hosts)",
                       "worker"),
     )
+    # --- gateway (docs/gateway.md) ----------------------------------------------------------
+    upstream: str = field(
+        default="", metadata=_opt("Gateway: base URL of the OpenAI-compatible upstream, e.g. http://127.0.0.1:8000/v1",
+                                  "gateway")
+    )
+    listen: str = field(default="127.0.0.1:8080", metadata=_opt("Gateway: address to serve on, HOST:PORT", "gateway"))
+    gateway_mode: str = field(
+        default="guarded",
+        metadata=_opt("Gateway: guarded releases only text the guard has cleared", "gateway", ["guarded"]),
+    )
+    gateway_tenant: str = field(
+        default="", metadata=_opt("Gateway: tenant of its conversations (selects the policy; empty: default)",
+                                  "gateway")
+    )
+    gateway_verdict_timeout_ms: int = field(
+        default=10000,
+        metadata=_opt("Gateway: longest wait for the guard to judge pending text before failing closed", "gateway"),
+    )
+    gateway_upstream_timeout_ms: int = field(
+        default=60000, metadata=_opt("Gateway: connect/read timeout towards the upstream, milliseconds", "gateway")
+    )
+    gateway_max_reply_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_opt("Gateway: largest reply held for judging; past it the upstream is stopped (finish 'length')",
+                      "gateway"),
+    )
     # --- operations ----------------------------------------------------------------------
     metrics_port: int = field(
         default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")

@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "send",
     "watch",
     "demo",
+    "gateway",    # OpenAI-compatible guarded endpoint
     "bench",
     "config",
 )

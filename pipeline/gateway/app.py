@@ -1,0 +1,196 @@
+"""The gateway's ASGI app (Starlette): ``POST /v1/chat/completions`` guarded, ``GET /v1/models`` passed through."""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+from sse_starlette.sse import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from pipeline.client import GuardClient
+from pipeline.config import Settings
+from pipeline.gateway import wire
+from pipeline.gateway.completion import (
+    BadRequest,
+    Ended,
+    GuardUnavailable,
+    Limits,
+    Released,
+    guarded_reply,
+    judge_prompt,
+    message_texts,
+)
+from pipeline.gateway.upstream import UpstreamError, forwarded_headers
+
+log = logging.getLogger("guardstream.gateway")
+
+
+class Gateway:
+    """The shared parts of every request: one guard client, one upstream connection pool."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.upstream = settings.upstream.rstrip("/")
+        self.tenant = settings.gateway_tenant or None
+        self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
+        self.guard: GuardClient | None = None
+        self.http: httpx.AsyncClient | None = None
+
+    async def start(self) -> None:
+        timeout = httpx.Timeout(self.settings.gateway_upstream_timeout_ms / 1000)
+        self.http = httpx.AsyncClient(timeout=timeout)
+        self.guard = await GuardClient(self.settings, mode="guarded", tenant=self.tenant).start()
+
+    async def close(self) -> None:
+        if self.guard is not None:
+            await self.guard.close()
+        if self.http is not None:
+            await self.http.aclose()
+
+    # --- routes ---------------------------------------------------------------------------
+    async def models(self, request: Request) -> Response:
+        assert self.http is not None
+        try:
+            answer = await self.http.get(f"{self.upstream}/models", headers=forwarded_headers(request.headers))
+        except httpx.HTTPError as exc:
+            return _error(502, f"the upstream could not be reached: {type(exc).__name__}", "upstream_error")
+        return Response(answer.content, answer.status_code,
+                        media_type=answer.headers.get("content-type", "application/json"))
+
+    async def chat_completions(self, request: Request) -> Response:
+        assert self.guard is not None and self.http is not None
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            return _error(400, "the request body is not JSON", "invalid_request_error")
+        if not isinstance(body, dict):
+            return _error(400, "the request body must be a JSON object", "invalid_request_error")
+        try:
+            messages = message_texts(body)
+            if body.get("n", 1) != 1:
+                raise BadRequest("only n=1 is supported through the guard")
+        except BadRequest as exc:
+            return _error(400, str(exc), "invalid_request_error")
+        conversation_id = f"gw-{uuid.uuid4().hex}"
+        stream = body.get("stream") is True
+        model = str(body.get("model") or "")
+        log.info("completion", extra={"conversation_id": conversation_id, "stream": stream,
+                                      "messages": len(messages)})
+        try:
+            blocked = await judge_prompt(self.guard, conversation_id, self.tenant, messages, self.limits)
+        except GuardUnavailable as exc:
+            self._end(conversation_id)
+            log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": "prompt"})
+            return _error(503, f"{exc}; failing closed", "guard_unavailable")
+        if blocked is not None:
+            self._end(conversation_id)
+            log.info("prompt blocked", extra={"conversation_id": conversation_id, "category": blocked.category})
+            meta = wire.ReplyMeta.new(model)
+            if stream:
+                return EventSourceResponse(_blocked_prompt_events(meta, blocked))
+            return JSONResponse(wire.completion(meta, "", "content_filter", None, blocked))
+        reply = guarded_reply(self.guard, self.http, f"{self.upstream}/chat/completions", body,
+                              forwarded_headers(request.headers), conversation_id, self.tenant, self.limits)
+        if stream:
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return EventSourceResponse(self._stream(conversation_id, model, reply, include_usage))
+        return await self._whole(conversation_id, model, reply)
+
+    async def _whole(self, conversation_id: str, model: str, reply: AsyncIterator[Released | Ended]) -> Response:
+        parts: list[str] = []
+        try:
+            async for item in reply:
+                if isinstance(item, Released):
+                    parts.append(item.text)
+                else:
+                    meta = _meta(item, model)
+                    self._log_end(conversation_id, item)
+                    return JSONResponse(wire.completion(meta, "".join(parts), item.finish_reason,
+                                                        item.upstream.usage, item.verdict))
+        except UpstreamError as exc:
+            return _error(exc.status, str(exc), "upstream_error")
+        except GuardUnavailable as exc:
+            log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": "reply"})
+            return _error(503, f"{exc}; failing closed", "guard_unavailable")
+        finally:
+            self._end(conversation_id)
+        return _error(502, "the reply ended without a verdict", "guard_unavailable")
+
+    async def _stream(self, conversation_id: str, model: str, reply: AsyncIterator[Released | Ended],
+                      include_usage: bool) -> AsyncIterator[dict[str, str]]:
+        meta = wire.ReplyMeta.new(model)
+        first = True
+        try:
+            async for item in reply:
+                if isinstance(item, Released):
+                    yield _data(wire.chunk(meta, content=item.text, role=first))
+                    first = False
+                    continue
+                self._log_end(conversation_id, item)
+                yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict))
+                if include_usage and item.upstream.usage is not None:
+                    yield _data(wire.usage_chunk(meta, item.upstream.usage))
+                yield {"data": "[DONE]"}
+                return
+        except UpstreamError as exc:
+            yield _data(wire.error(str(exc), "upstream_error", "upstream_error"))
+        except GuardUnavailable as exc:
+            log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": "reply"})
+            yield _data(wire.error(f"{exc}; failing closed", "guard_unavailable", "guard_unavailable"))
+        finally:
+            self._end(conversation_id)
+
+    def _end(self, conversation_id: str) -> None:
+        assert self.guard is not None
+        self.guard.end_soon(conversation_id)
+
+    def _log_end(self, conversation_id: str, ended: Ended) -> None:
+        extra: dict[str, Any] = {"conversation_id": conversation_id, "finish_reason": ended.finish_reason}
+        if ended.verdict is not None:
+            extra.update(category=ended.verdict.category, risk=ended.verdict.risk,
+                         verdict_id=ended.verdict.verdict_id)
+        log.info("reply ended", extra=extra)
+
+
+def _meta(ended: Ended, model: str) -> wire.ReplyMeta:
+    base = wire.ReplyMeta.new(model)
+    return wire.ReplyMeta(ended.upstream.id or base.id, ended.upstream.model or model, base.created)
+
+
+async def _blocked_prompt_events(meta: wire.ReplyMeta, verdict: Any) -> AsyncIterator[dict[str, str]]:
+    yield _data(wire.chunk(meta, role=True, finish_reason="content_filter", verdict=verdict))
+    yield {"data": "[DONE]"}
+
+
+def _data(payload: dict[str, Any]) -> dict[str, str]:
+    return {"data": json.dumps(payload, ensure_ascii=False)}
+
+
+def _error(status: int, message: str, code: str) -> JSONResponse:
+    return JSONResponse(wire.error(message, code, code), status_code=status)
+
+
+def create_app(settings: Settings) -> Starlette:
+    gateway = Gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.close()
+
+    return Starlette(routes=[
+        Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
+        Route("/v1/models", gateway.models, methods=["GET"]),
+    ], lifespan=lifespan)

@@ -1,0 +1,136 @@
+"""The gateway end to end: the official openai client -> gateway -> scripted upstream, judged by a
+real stream worker over the real local Kafka and Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.gateway.conftest import GuardedStack
+from tests.gateway.servers import ScriptedUpstream, ServerThread, start_gateway
+
+SAFE_REPLY = ["Mix ", "flour, ", "water, ", "salt ", "and ", "yeast; ", "knead, ", "let ", "it ", "rise, ",
+              "then ", "bake ", "it ", "until ", "golden."]
+LONG_REPLY = [f" word{i}" for i in range(300)]
+
+
+@pytest.fixture
+def serve() -> Iterator[Any]:
+    """serve(upstream, settings, **changes) -> (gateway url, upstream); all stopped after the test."""
+    servers: list[ServerThread] = []
+
+    def start(upstream: ScriptedUpstream, settings: Any, **changes: Any) -> str:
+        up = ServerThread(upstream.app()).start()
+        servers.append(up)
+        gw = start_gateway(settings, up.url, **changes)
+        servers.append(gw)
+        return gw.url
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+def client(url: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test-key", max_retries=0, timeout=120)
+
+
+def stream_chat(url: str, prompt: str) -> tuple[str, Any]:
+    """The streamed reply's text and its last chunk."""
+    text, last = [], None
+    with client(url).chat.completions.create(model="scripted", stream=True,
+                                             messages=[{"role": "user", "content": prompt}]) as stream:
+        for chunk in stream:
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+            if chunk.choices:
+                last = chunk
+    return "".join(text), last
+
+
+def test_a_blocked_prompt_never_reaches_the_upstream(guarded_stack: GuardedStack, serve: Any) -> None:
+    upstream = ScriptedUpstream(SAFE_REPLY)
+    url = serve(upstream, guarded_stack.settings)   # the default, strict policy
+    text, last = stream_chat(url, guarded_stack.blocked_prompt)
+    assert text == ""
+    assert last.choices[0].finish_reason == "content_filter"
+    verdict = last.model_extra["guardstream"]
+    expected = guarded_stack.blocked_prompt_verdict
+    assert (verdict["risk"], verdict["category"], verdict["role"]) == (expected.risk, expected.category, "user")
+    assert verdict["verdict_id"]
+    assert upstream.calls == []
+
+
+def test_a_safe_reply_arrives_whole_with_stop_and_the_upstreams_usage(guarded_stack: GuardedStack,
+                                                                       serve: Any) -> None:
+    upstream = ScriptedUpstream(SAFE_REPLY)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="open")
+    chunks = list(client(url).chat.completions.create(
+        model="scripted", stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": guarded_stack.allowed_prompt}]))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "".join(SAFE_REPLY)
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 18
+    assert upstream.calls[0].finished and upstream.calls[0].authorization == "Bearer sk-test-key"
+
+    whole = client(url).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": guarded_stack.allowed_prompt}])
+    assert whole.choices[0].message.content == "".join(SAFE_REPLY)
+    assert whole.choices[0].finish_reason == "stop"
+    assert whole.usage is not None and whole.usage.completion_tokens == 11
+
+
+def test_a_reply_blocked_midway_stops_the_upstream_and_ends_with_content_filter(
+    guarded_stack: GuardedStack, serve: Any
+) -> None:
+    upstream = ScriptedUpstream(LONG_REPLY, delay_s=0.03)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="tripwire")
+    text, last = stream_chat(url, guarded_stack.allowed_prompt)
+    assert "".join(LONG_REPLY).startswith(text)          # never more than was cleared
+    assert last.choices[0].finish_reason == "content_filter"
+    verdict = last.model_extra["guardstream"]
+    assert verdict["action"] == "block" and verdict["role"] == "assistant" and verdict["risk"] == "unsafe"
+    call = upstream.calls[0]
+    deadline = time.monotonic() + 30
+    while not call.disconnected and not call.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert call.disconnected and not call.finished
+    assert call.sent_chunks < len(LONG_REPLY)
+
+
+def test_a_non_streaming_request_gets_the_block_in_its_body(guarded_stack: GuardedStack, serve: Any) -> None:
+    upstream = ScriptedUpstream(LONG_REPLY, delay_s=0.03)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="tripwire")
+    whole = client(url).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": guarded_stack.allowed_prompt}])
+    assert whole.choices[0].finish_reason == "content_filter"
+    assert "".join(LONG_REPLY).startswith(whole.choices[0].message.content or "")
+    assert whole.model_extra is not None and whole.model_extra["guardstream"]["action"] == "block"
+    assert not upstream.calls[0].finished
+
+
+def test_models_are_passed_through(guarded_stack: GuardedStack, serve: Any) -> None:
+    url = serve(ScriptedUpstream(SAFE_REPLY), guarded_stack.settings)
+    assert [m.id for m in client(url).models.list()] == ["scripted"]
+
+
+def test_without_workers_the_gateway_fails_closed_in_bounded_time(settings: Any, serve: Any) -> None:
+    # Kafka answers but no worker judges: nothing may reach the upstream or the client.
+    upstream = ScriptedUpstream(SAFE_REPLY)
+    url = serve(upstream, settings, gateway_verdict_timeout_ms=2000)
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as raised:
+        client(url).chat.completions.create(model="scripted", stream=True,
+                                            messages=[{"role": "user", "content": "Hello there"}])
+    assert raised.value.status_code == 503
+    assert time.monotonic() - started < 60
+    assert upstream.calls == []
+    answer = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": [
+        {"role": "user", "content": "Hello"}]}, timeout=60)
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "guard_unavailable"
