@@ -165,7 +165,8 @@ class Settings:
     )
     gateway_verdict_timeout_ms: int = field(
         default=10000,
-        metadata=_opt("Gateway: longest wait for the guard to judge pending text before failing closed", "gateway"),
+        metadata=_opt("Gateway: longest wait, ms, for the prompt's verdict and for the reply's final verdict after "
+                      "the upstream's end; later: fail closed (503)", "gateway"),
     )
     gateway_upstream_timeout_ms: int = field(
         default=60000, metadata=_opt("Gateway: connect/read timeout towards the upstream, milliseconds", "gateway")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import httpx
@@ -105,16 +105,17 @@ class Gateway:
             return EventSourceResponse(self._stream(conversation_id, model, reply, include_usage))
         return await self._whole(conversation_id, model, reply)
 
-    async def _whole(self, conversation_id: str, model: str, reply: AsyncIterator[Released | Ended]) -> Response:
+    async def _whole(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None]
+                     ) -> Response:
         parts: list[str] = []
         try:
-            async for item in reply:
-                if isinstance(item, Released):
-                    parts.append(item.text)
-                else:
-                    meta = _meta(item, model)
+            async with aclosing(reply):   # the upstream request ends with this request, however it ends
+                async for item in reply:
+                    if isinstance(item, Released):
+                        parts.append(item.text)
+                        continue
                     self._log_end(conversation_id, item)
-                    return JSONResponse(wire.completion(meta, "".join(parts), item.finish_reason,
+                    return JSONResponse(wire.completion(_meta(item, model), "".join(parts), item.finish_reason,
                                                         item.upstream.usage, item.verdict))
         except UpstreamError as exc:
             return _error(exc.status, str(exc), "upstream_error")
@@ -125,22 +126,23 @@ class Gateway:
             self._end(conversation_id)
         return _error(502, "the reply ended without a verdict", "guard_unavailable")
 
-    async def _stream(self, conversation_id: str, model: str, reply: AsyncIterator[Released | Ended],
+    async def _stream(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None],
                       include_usage: bool) -> AsyncIterator[dict[str, str]]:
         meta = wire.ReplyMeta.new(model)
         first = True
         try:
-            async for item in reply:
-                if isinstance(item, Released):
-                    yield _data(wire.chunk(meta, content=item.text, role=first))
-                    first = False
-                    continue
-                self._log_end(conversation_id, item)
-                yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict))
-                if include_usage and item.upstream.usage is not None:
-                    yield _data(wire.usage_chunk(meta, item.upstream.usage))
-                yield {"data": "[DONE]"}
-                return
+            async with aclosing(reply):   # a client that goes away cancels the upstream request too
+                async for item in reply:
+                    if isinstance(item, Released):
+                        yield _data(wire.chunk(meta, content=item.text, role=first))
+                        first = False
+                        continue
+                    self._log_end(conversation_id, item)
+                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict))
+                    if include_usage and item.upstream.usage is not None:
+                        yield _data(wire.usage_chunk(meta, item.upstream.usage))
+                    yield {"data": "[DONE]"}
+                    return
         except UpstreamError as exc:
             yield _data(wire.error(str(exc), "upstream_error", "upstream_error"))
         except GuardUnavailable as exc:

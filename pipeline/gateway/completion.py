@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,7 @@ async def judge_prompt(guard: GuardClient, conversation_id: str, tenant: str | N
 
 async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, body: Mapping[str, Any],
                         headers: Mapping[str, str], conversation_id: str, tenant: str | None,
-                        limits: Limits) -> AsyncIterator[Released | Ended]:
+                        limits: Limits) -> AsyncGenerator[Released | Ended, None]:
     """Stream the upstream's reply through the guard: cleared text, then how it ended.
 
     Raises :class:`UpstreamError` or :class:`GuardUnavailable` (fail closed: the final verdict did
