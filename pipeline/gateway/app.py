@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing, asynccontextmanager
 from typing import Any
 
 import httpx
+from prometheus_client import make_asgi_app
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from pipeline.client import GuardClient
 from pipeline.config import Settings
@@ -29,6 +31,7 @@ from pipeline.gateway.completion import (
     judge_prompt,
     message_texts,
 )
+from pipeline.gateway.metrics import GatewayMetrics
 from pipeline.gateway.upstream import UpstreamError, forwarded_headers
 
 log = logging.getLogger("guardstream.gateway")
@@ -44,6 +47,7 @@ class Gateway:
         self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
         self.guard: GuardClient | None = None
         self.http: httpx.AsyncClient | None = None
+        self.metrics = GatewayMetrics()
 
     async def start(self) -> None:
         timeout = httpx.Timeout(self.settings.gateway_upstream_timeout_ms / 1000)
@@ -68,18 +72,19 @@ class Gateway:
 
     async def chat_completions(self, request: Request) -> Response:
         assert self.guard is not None and self.http is not None
+        started = time.monotonic()
         try:
             body = json.loads(await request.body())
         except ValueError:
-            return _error(400, "the request body is not JSON", "invalid_request_error")
+            return self._refuse("the request body is not JSON")
         if not isinstance(body, dict):
-            return _error(400, "the request body must be a JSON object", "invalid_request_error")
+            return self._refuse("the request body must be a JSON object")
         try:
             messages = message_texts(body)
             if body.get("n", 1) != 1:
                 raise BadRequest("only n=1 is supported through the guard")
         except BadRequest as exc:
-            return _error(400, str(exc), "invalid_request_error")
+            return self._refuse(str(exc))
         conversation_id = f"gw-{uuid.uuid4().hex}"
         stream = body.get("stream") is True
         model = str(body.get("model") or "")
@@ -89,11 +94,15 @@ class Gateway:
             blocked = await judge_prompt(self.guard, conversation_id, self.tenant, messages, self.limits)
         except GuardUnavailable as exc:
             self._end(conversation_id)
-            log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": "prompt"})
+            self._failed_closed(conversation_id, stream, "prompt")
             return _error(503, f"{exc}; failing closed", "guard_unavailable")
+        self.metrics.prompt_seconds.observe(time.monotonic() - started)
         if blocked is not None:
             self._end(conversation_id)
-            log.info("prompt blocked", extra={"conversation_id": conversation_id, "category": blocked.category})
+            log.info("prompt blocked", extra={"conversation_id": conversation_id, "category": blocked.category,
+                                              "risk": blocked.risk, "verdict_id": blocked.verdict_id})
+            self.metrics.requests.labels(str(stream).lower(), "blocked_prompt").inc()
+            self.metrics.blocks.labels("prompt", blocked.category or "", self.tenant or "").inc()
             meta = wire.ReplyMeta.new(model)
             if stream:
                 return EventSourceResponse(_blocked_prompt_events(meta, blocked))
@@ -102,51 +111,57 @@ class Gateway:
                               forwarded_headers(request.headers), conversation_id, self.tenant, self.limits)
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return EventSourceResponse(self._stream(conversation_id, model, reply, include_usage))
-        return await self._whole(conversation_id, model, reply)
+            return EventSourceResponse(self._stream(conversation_id, model, reply, include_usage, started))
+        return await self._whole(conversation_id, model, reply, started)
 
-    async def _whole(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None]
-                     ) -> Response:
+    async def _whole(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None],
+                     started: float) -> Response:
         parts: list[str] = []
         try:
             async with aclosing(reply):   # the upstream request ends with this request, however it ends
                 async for item in reply:
                     if isinstance(item, Released):
+                        if not parts:
+                            self.metrics.first_release_seconds.observe(time.monotonic() - started)
                         parts.append(item.text)
                         continue
-                    self._log_end(conversation_id, item)
+                    self._ended(conversation_id, False, item)
                     return JSONResponse(wire.completion(_meta(item, model), "".join(parts), item.finish_reason,
                                                         item.upstream.usage, item.verdict))
         except UpstreamError as exc:
+            self.metrics.requests.labels("false", "upstream_error").inc()
             return _error(exc.status, str(exc), "upstream_error")
         except GuardUnavailable as exc:
-            log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": "reply"})
+            self._failed_closed(conversation_id, False, "reply")
             return _error(503, f"{exc}; failing closed", "guard_unavailable")
         finally:
             self._end(conversation_id)
         return _error(502, "the reply ended without a verdict", "guard_unavailable")
 
     async def _stream(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None],
-                      include_usage: bool) -> AsyncIterator[dict[str, str]]:
+                      include_usage: bool, started: float) -> AsyncIterator[dict[str, str]]:
         meta = wire.ReplyMeta.new(model)
         first = True
         try:
             async with aclosing(reply):   # a client that goes away cancels the upstream request too
                 async for item in reply:
                     if isinstance(item, Released):
+                        if first:
+                            self.metrics.first_release_seconds.observe(time.monotonic() - started)
                         yield _data(wire.chunk(meta, content=item.text, role=first))
                         first = False
                         continue
-                    self._log_end(conversation_id, item)
+                    self._ended(conversation_id, True, item)
                     yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict))
                     if include_usage and item.upstream.usage is not None:
                         yield _data(wire.usage_chunk(meta, item.upstream.usage))
                     yield {"data": "[DONE]"}
                     return
         except UpstreamError as exc:
+            self.metrics.requests.labels("true", "upstream_error").inc()
             yield _data(wire.error(str(exc), "upstream_error", "upstream_error"))
         except GuardUnavailable as exc:
-            log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": "reply"})
+            self._failed_closed(conversation_id, True, "reply")
             yield _data(wire.error(f"{exc}; failing closed", "guard_unavailable", "guard_unavailable"))
         finally:
             self._end(conversation_id)
@@ -155,11 +170,25 @@ class Gateway:
         assert self.guard is not None
         self.guard.end_soon(conversation_id)
 
-    def _log_end(self, conversation_id: str, ended: Ended) -> None:
+    def _refuse(self, message: str) -> JSONResponse:
+        self.metrics.requests.labels("unknown", "bad_request").inc()
+        return _error(400, message, "invalid_request_error")
+
+    def _failed_closed(self, conversation_id: str, stream: bool, stage: str) -> None:
+        log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": stage})
+        self.metrics.requests.labels(str(stream).lower(), "failed_closed").inc()
+        self.metrics.fail_closed.labels(stage, self.tenant or "").inc()
+
+    def _ended(self, conversation_id: str, stream: bool, ended: Ended) -> None:
         extra: dict[str, Any] = {"conversation_id": conversation_id, "finish_reason": ended.finish_reason}
         if ended.verdict is not None:
             extra.update(category=ended.verdict.category, risk=ended.verdict.risk,
                          verdict_id=ended.verdict.verdict_id)
+            self.metrics.blocks.labels("reply", ended.verdict.category or "", self.tenant or "").inc()
+        if ended.held_s is not None:
+            self.metrics.final_hold_seconds.observe(ended.held_s)
+        outcome = "blocked_reply" if ended.verdict is not None else "released"
+        self.metrics.requests.labels(str(stream).lower(), outcome).inc()
         log.info("reply ended", extra=extra)
 
 
@@ -195,4 +224,5 @@ def create_app(settings: Settings) -> Starlette:
     return Starlette(routes=[
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
+        Mount("/metrics", app=make_asgi_app(gateway.metrics.registry)),
     ], lifespan=lifespan)

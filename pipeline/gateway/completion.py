@@ -41,6 +41,7 @@ class Ended:
     finish_reason: str                  # "stop" (or the upstream's), "length", "content_filter"
     verdict: Verdict | None             # the blocking verdict when finish_reason is content_filter
     upstream: UpstreamReply
+    held_s: float | None = None         # upstream's end to this end (None: stopped before its end)
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
 
     task = asyncio.create_task(pump(), name=f"upstream-{conversation_id}")
     final_due: float | None = None
+    upstream_done = 0.0
     try:
         while True:
             if final_due is None and task.done():
@@ -133,7 +135,8 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                     await asyncio.wait_for(msg.finish(wait_ack=True), limits.verdict_timeout_s)
                 except TimeoutError:
                     raise GuardUnavailable("Kafka did not accept the reply in time") from None
-                final_due = time.monotonic() + limits.verdict_timeout_s
+                upstream_done = time.monotonic()
+                final_due = upstream_done + limits.verdict_timeout_s
             try:
                 event = await asyncio.wait_for(msg.events.get(), _POLL_S)
             except TimeoutError:
@@ -151,7 +154,7 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                 yield Released(event.released)
             if event.final is not None:
                 reason = "length" if truncated else (upstream.finish_reason or "stop")
-                yield Ended(reason, None, upstream)
+                yield Ended(reason, None, upstream, time.monotonic() - upstream_done)
                 return
     finally:
         if not task.done():

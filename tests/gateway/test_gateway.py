@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.gateway.conftest import GuardedStack
 from tests.gateway.servers import ScriptedUpstream, ServerThread, start_gateway
@@ -40,6 +41,16 @@ def client(url: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=f"{url}/v1", api_key="sk-test-key", max_retries=0, timeout=120)
 
 
+def metric(url: str, name: str, **labels: str) -> float:
+    """A sample of the gateway's /metrics (0 when absent)."""
+    text = httpx.get(f"{url}/metrics/", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
 def stream_chat(url: str, prompt: str) -> tuple[str, Any]:
     """The streamed reply's text and its last chunk."""
     text, last = [], None
@@ -64,6 +75,8 @@ def test_a_blocked_prompt_never_reaches_the_upstream(guarded_stack: GuardedStack
     assert (verdict["risk"], verdict["category"], verdict["role"]) == (expected.risk, expected.category, "user")
     assert verdict["verdict_id"]
     assert upstream.calls == []
+    assert metric(url, "guardstream_gateway_requests_total", stream="true", outcome="blocked_prompt") == 1
+    assert metric(url, "guardstream_gateway_blocks_total", stage="prompt", category=expected.category or "") == 1
 
 
 def test_a_safe_reply_arrives_whole_with_stop_and_the_upstreams_usage(guarded_stack: GuardedStack,
@@ -84,6 +97,10 @@ def test_a_safe_reply_arrives_whole_with_stop_and_the_upstreams_usage(guarded_st
     assert whole.choices[0].message.content == "".join(SAFE_REPLY)
     assert whole.choices[0].finish_reason == "stop"
     assert whole.usage is not None and whole.usage.completion_tokens == 11
+    assert metric(url, "guardstream_gateway_requests_total", outcome="released", stream="true") == 1
+    assert metric(url, "guardstream_gateway_requests_total", outcome="released", stream="false") == 1
+    assert metric(url, "guardstream_gateway_first_release_seconds_count") == 2
+    assert metric(url, "guardstream_gateway_final_hold_seconds_count") == 2
 
 
 def test_a_reply_blocked_midway_stops_the_upstream_and_ends_with_content_filter(
@@ -102,6 +119,7 @@ def test_a_reply_blocked_midway_stops_the_upstream_and_ends_with_content_filter(
         time.sleep(0.05)
     assert call.disconnected and not call.finished
     assert call.sent_chunks < len(LONG_REPLY)
+    assert metric(url, "guardstream_gateway_blocks_total", stage="reply", tenant="tripwire") == 1
 
 
 def test_a_non_streaming_request_gets_the_block_in_its_body(guarded_stack: GuardedStack, serve: Any) -> None:
@@ -134,3 +152,4 @@ def test_without_workers_the_gateway_fails_closed_in_bounded_time(settings: Any,
     answer = httpx.post(f"{url}/v1/chat/completions", json={"model": "m", "messages": [
         {"role": "user", "content": "Hello"}]}, timeout=60)
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "guard_unavailable"
+    assert metric(url, "guardstream_gateway_fail_closed_total", stage="prompt") == 2
