@@ -157,7 +157,8 @@ class Settings:
     listen: str = field(default="127.0.0.1:8080", metadata=_opt("Gateway: address to serve on, HOST:PORT", "gateway"))
     gateway_mode: str = field(
         default="guarded",
-        metadata=_opt("Gateway: guarded releases only text the guard has cleared", "gateway", ["guarded"]),
+        metadata=_opt("Gateway: guarded releases only text the guard has cleared; optimistic streams replies at "
+                      "once and retracts on a block (streaming requests only)", "gateway", ["guarded", "optimistic"]),
     )
     gateway_tenant: str = field(
         default="", metadata=_opt("Gateway: tenant of its conversations (selects the policy; empty: default)",

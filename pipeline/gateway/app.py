@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 
-from pipeline.client import GuardClient
+from pipeline.client import GuardClient, Mode
 from pipeline.config import Settings
 from pipeline.gateway import wire
 from pipeline.gateway.completion import (
@@ -44,6 +44,7 @@ class Gateway:
         self.settings = settings
         self.upstream = settings.upstream.rstrip("/")
         self.tenant = settings.gateway_tenant or None
+        self.mode: Mode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
         self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
         self.guard: GuardClient | None = None
         self.http: httpx.AsyncClient | None = None
@@ -107,8 +108,10 @@ class Gateway:
             if stream:
                 return EventSourceResponse(_blocked_prompt_events(meta, blocked))
             return JSONResponse(wire.completion(meta, "", "content_filter", None, blocked))
+        # Optimistic release only makes sense while streaming: a whole response is sent at the end anyway.
         reply = guarded_reply(self.guard, self.http, f"{self.upstream}/chat/completions", body,
-                              forwarded_headers(request.headers), conversation_id, self.tenant, self.limits)
+                              forwarded_headers(request.headers), conversation_id, self.tenant, self.limits,
+                              self.mode if stream else "guarded")
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return EventSourceResponse(self._stream(conversation_id, model, reply, include_usage, started))
@@ -152,7 +155,8 @@ class Gateway:
                         first = False
                         continue
                     self._ended(conversation_id, True, item)
-                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict))
+                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict,
+                                           retracted=item.retracted))
                     if include_usage and item.upstream.usage is not None:
                         yield _data(wire.usage_chunk(meta, item.upstream.usage))
                     yield {"data": "[DONE]"}

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.client import GuardClient
+from pipeline.client import GuardClient, Mode
 from pipeline.gateway.upstream import UpstreamError, UpstreamReply, stream_text
 from schemas.messages import Role, Verdict
 
@@ -42,6 +42,7 @@ class Ended:
     verdict: Verdict | None             # the blocking verdict when finish_reason is content_filter
     upstream: UpstreamReply
     held_s: float | None = None         # upstream's end to this end (None: stopped before its end)
+    retracted: bool = False             # optimistic mode: text already sent must be taken back
 
 
 @dataclass(frozen=True)
@@ -100,13 +101,14 @@ async def judge_prompt(guard: GuardClient, conversation_id: str, tenant: str | N
 
 async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, body: Mapping[str, Any],
                         headers: Mapping[str, str], conversation_id: str, tenant: str | None,
-                        limits: Limits) -> AsyncGenerator[Released | Ended, None]:
-    """Stream the upstream's reply through the guard: cleared text, then how it ended.
+                        limits: Limits, mode: Mode = "guarded") -> AsyncGenerator[Released | Ended, None]:
+    """Stream the upstream's reply through the guard: cleared text (optimistic mode: all text at
+    once), then how it ended.
 
     Raises :class:`UpstreamError` or :class:`GuardUnavailable` (fail closed: the final verdict did
     not come within ``verdict_timeout_s`` of the reply's end).
     """
-    msg = guard.message(conversation_id, "assistant", tenant=tenant)
+    msg = guard.message(conversation_id, "assistant", tenant=tenant, mode=mode)
     upstream = UpstreamReply()
     truncated = False
 
@@ -148,7 +150,7 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                 await asyncio.gather(task, return_exceptions=True)
                 if event.released:
                     yield Released(event.released)
-                yield Ended("content_filter", event.blocked, upstream)
+                yield Ended("content_filter", event.blocked, upstream, retracted=event.retracted)
                 return
             if event.released:
                 yield Released(event.released)

@@ -23,18 +23,23 @@ class ReplyMeta:
         return cls(f"chatcmpl-gs-{uuid.uuid4().hex}", model, int(time.time()))
 
 
-def verdict_summary(verdict: Verdict) -> dict[str, Any]:
-    """The top-level ``guardstream`` object of a blocked reply: the verdict, no text."""
-    return {
+def verdict_summary(verdict: Verdict, retracted: bool = False) -> dict[str, Any]:
+    """The top-level ``guardstream`` object of a blocked reply: the verdict, no text; ``retract``
+    (optimistic mode) when the text already sent must be taken back."""
+    summary: dict[str, Any] = {
         "verdict_id": verdict.verdict_id, "conversation_id": verdict.conversation_id,
         "message_index": verdict.message_index, "role": verdict.role, "kind": verdict.kind,
         "action": verdict.action, "risk": verdict.risk, "category": verdict.category,
         "token_index": verdict.token_index,
     }
+    if retracted:
+        summary["retract"] = True
+    return summary
 
 
 def chunk(meta: ReplyMeta, *, content: str | None = None, role: bool = False,
-          finish_reason: str | None = None, verdict: Verdict | None = None) -> dict[str, Any]:
+          finish_reason: str | None = None, verdict: Verdict | None = None, retracted: bool = False
+          ) -> dict[str, Any]:
     delta: dict[str, Any] = {}
     if role:
         delta["role"] = "assistant"
@@ -45,7 +50,7 @@ def chunk(meta: ReplyMeta, *, content: str | None = None, role: bool = False,
         "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
     }
     if verdict is not None:
-        body["guardstream"] = verdict_summary(verdict)
+        body["guardstream"] = verdict_summary(verdict, retracted)
     return body
 
 

@@ -153,3 +153,25 @@ def test_without_workers_the_gateway_fails_closed_in_bounded_time(settings: Any,
         {"role": "user", "content": "Hello"}]}, timeout=60)
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "guard_unavailable"
     assert metric(url, "guardstream_gateway_fail_closed_total", stage="prompt") == 2
+
+
+def test_optimistic_mode_streams_at_once_and_retracts_on_a_block(guarded_stack: GuardedStack, serve: Any) -> None:
+    upstream = ScriptedUpstream(LONG_REPLY, delay_s=0.03)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="tripwire", gateway_mode="optimistic")
+    text, last = stream_chat(url, guarded_stack.allowed_prompt)
+    assert text and "".join(LONG_REPLY).startswith(text)   # sent before the guard ruled
+    assert last.choices[0].finish_reason == "content_filter"
+    assert last.model_extra["guardstream"]["retract"] is True
+    call = upstream.calls[0]
+    deadline = time.monotonic() + 30
+    while not call.disconnected and not call.finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert call.disconnected and not call.finished
+
+
+def test_optimistic_mode_passes_a_safe_reply_whole(guarded_stack: GuardedStack, serve: Any) -> None:
+    url = serve(ScriptedUpstream(SAFE_REPLY), guarded_stack.settings, gateway_tenant="open",
+                gateway_mode="optimistic")
+    text, last = stream_chat(url, guarded_stack.allowed_prompt)
+    assert text == "".join(SAFE_REPLY)
+    assert last.choices[0].finish_reason == "stop" and "guardstream" not in (last.model_extra or {})

@@ -24,7 +24,7 @@ def register(sub: Any) -> None:
                     "stream workers ('guardstream worker stream').",
     )
     add_settings_arguments(p, _SETTINGS)
-    p.add_argument("--mode", dest="gateway_mode", choices=["guarded"], default=None,
+    p.add_argument("--mode", dest="gateway_mode", choices=["guarded", "optimistic"], default=None,
                    help="alias of --gateway-mode")
     p.set_defaults(func=run)
 
