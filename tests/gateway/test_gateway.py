@@ -175,3 +175,31 @@ def test_optimistic_mode_passes_a_safe_reply_whole(guarded_stack: GuardedStack, 
     text, last = stream_chat(url, guarded_stack.allowed_prompt)
     assert text == "".join(SAFE_REPLY)
     assert last.choices[0].finish_reason == "stop" and "guardstream" not in (last.model_extra or {})
+
+
+def test_a_hundred_concurrent_streams_each_get_their_whole_reply(guarded_stack: GuardedStack, serve: Any) -> None:
+    import asyncio
+
+    upstream = ScriptedUpstream(SAFE_REPLY, delay_s=0.01)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="open")
+
+    async def one(api: openai.AsyncOpenAI) -> tuple[str, str | None]:
+        text, finish = [], None
+        stream = await api.chat.completions.create(model="scripted", stream=True, messages=[
+            {"role": "user", "content": guarded_stack.allowed_prompt}])
+        async for chunk in stream:
+            for choice in chunk.choices:
+                text.append(choice.delta.content or "")
+                finish = choice.finish_reason or finish
+        return "".join(text), finish
+
+    async def all_of_them() -> list[tuple[str, str | None]]:
+        api = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=300)
+        try:
+            return await asyncio.gather(*(one(api) for _ in range(100)))
+        finally:
+            await api.close()
+
+    results = asyncio.run(all_of_them())
+    assert results == [("".join(SAFE_REPLY), "stop")] * 100
+    assert len(upstream.calls) == 100 and all(c.finished for c in upstream.calls)
