@@ -164,6 +164,18 @@ class Settings:
         default="", metadata=_opt("Gateway: tenant of its conversations (selects the policy; empty: default)",
                                   "gateway")
     )
+    gateway_tenant_header: str = field(
+        default="", metadata=_opt("Gateway: trusted request header naming the tenant, e.g. X-Guardstream-Tenant "
+                                  "(empty: off)", "gateway")
+    )
+    gateway_api_keys: str = field(
+        default="", metadata=_opt("Gateway: YAML/JSON file mapping API keys to tenants; set, every request needs "
+                                  "a listed key (empty: no key check)", "gateway")
+    )
+    gateway_upstream_api_key: str = field(
+        default="", metadata=_opt("Gateway: API key sent to the upstream (empty: the client's Authorization "
+                                  "header, or none with --gateway-api-keys)", "gateway")
+    )
     gateway_verdict_timeout_ms: int = field(
         default=10000,
         metadata=_opt("Gateway: longest wait, ms, for the prompt's verdict and for the reply's final verdict after "

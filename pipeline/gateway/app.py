@@ -32,7 +32,9 @@ from pipeline.gateway.completion import (
     message_texts,
 )
 from pipeline.gateway.metrics import GatewayMetrics
+from pipeline.gateway.tenants import BadTenant, TenantResolver, Unauthorized, load_key_map
 from pipeline.gateway.upstream import UpstreamError, forwarded_headers
+from pipeline.policy import load_policy_book
 
 log = logging.getLogger("guardstream.gateway")
 
@@ -43,7 +45,10 @@ class Gateway:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.upstream = settings.upstream.rstrip("/")
-        self.tenant = settings.gateway_tenant or None
+        keys = load_key_map(settings.gateway_api_keys) if settings.gateway_api_keys else None
+        book = load_policy_book(settings.policy_file or None, settings.default_policy)
+        self.tenants = TenantResolver(settings.gateway_tenant or None, settings.gateway_tenant_header, keys,
+                                      frozenset(book.tenants) | frozenset((keys or {}).values()))
         self.mode: Mode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
         self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
         self.guard: GuardClient | None = None
@@ -53,7 +58,7 @@ class Gateway:
     async def start(self) -> None:
         timeout = httpx.Timeout(self.settings.gateway_upstream_timeout_ms / 1000)
         self.http = httpx.AsyncClient(timeout=timeout)
-        self.guard = await GuardClient(self.settings, mode="guarded", tenant=self.tenant).start()
+        self.guard = await GuardClient(self.settings, mode="guarded").start()
 
     async def close(self) -> None:
         if self.guard is not None:
@@ -62,10 +67,20 @@ class Gateway:
             await self.http.aclose()
 
     # --- routes ---------------------------------------------------------------------------
+    def _upstream_headers(self, request: Request) -> dict[str, str]:
+        return forwarded_headers(request.headers, self.settings.gateway_upstream_api_key,
+                                 self.tenants.keys is not None)
+
     async def models(self, request: Request) -> Response:
         assert self.http is not None
         try:
-            answer = await self.http.get(f"{self.upstream}/models", headers=forwarded_headers(request.headers))
+            self.tenants.resolve(request.headers)
+        except Unauthorized as exc:
+            return _error(401, str(exc), "invalid_api_key")
+        except BadTenant:
+            pass   # listing models needs no tenant
+        try:
+            answer = await self.http.get(f"{self.upstream}/models", headers=self._upstream_headers(request))
         except httpx.HTTPError as exc:
             return _error(502, f"the upstream could not be reached: {type(exc).__name__}", "upstream_error")
         return Response(answer.content, answer.status_code,
@@ -74,6 +89,13 @@ class Gateway:
     async def chat_completions(self, request: Request) -> Response:
         assert self.guard is not None and self.http is not None
         started = time.monotonic()
+        try:
+            tenant = self.tenants.resolve(request.headers)
+        except Unauthorized as exc:
+            self.metrics.requests.labels("unknown", "unauthorized").inc()
+            return _error(401, str(exc), "invalid_api_key")
+        except BadTenant as exc:
+            return self._refuse(str(exc))
         try:
             body = json.loads(await request.body())
         except ValueError:
@@ -92,33 +114,34 @@ class Gateway:
         log.info("completion", extra={"conversation_id": conversation_id, "stream": stream,
                                       "messages": len(messages)})
         try:
-            blocked = await judge_prompt(self.guard, conversation_id, self.tenant, messages, self.limits)
+            blocked = await judge_prompt(self.guard, conversation_id, tenant, messages, self.limits)
         except GuardUnavailable as exc:
-            self._end(conversation_id)
-            self._failed_closed(conversation_id, stream, "prompt")
+            self._end(conversation_id, tenant)
+            self._failed_closed(conversation_id, stream, "prompt", tenant)
             return _error(503, f"{exc}; failing closed", "guard_unavailable")
         self.metrics.prompt_seconds.observe(time.monotonic() - started)
         if blocked is not None:
-            self._end(conversation_id)
+            self._end(conversation_id, tenant)
             log.info("prompt blocked", extra={"conversation_id": conversation_id, "category": blocked.category,
                                               "risk": blocked.risk, "verdict_id": blocked.verdict_id})
             self.metrics.requests.labels(str(stream).lower(), "blocked_prompt").inc()
-            self.metrics.blocks.labels("prompt", blocked.category or "", self.tenant or "").inc()
+            self.metrics.blocks.labels("prompt", blocked.category or "", self.tenants.label(tenant)).inc()
             meta = wire.ReplyMeta.new(model)
             if stream:
                 return EventSourceResponse(_blocked_prompt_events(meta, blocked))
             return JSONResponse(wire.completion(meta, "", "content_filter", None, blocked))
         # Optimistic release only makes sense while streaming: a whole response is sent at the end anyway.
         reply = guarded_reply(self.guard, self.http, f"{self.upstream}/chat/completions", body,
-                              forwarded_headers(request.headers), conversation_id, self.tenant, self.limits,
+                              self._upstream_headers(request), conversation_id, tenant, self.limits,
                               self.mode if stream else "guarded")
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            return EventSourceResponse(self._stream(conversation_id, model, reply, include_usage, started))
-        return await self._whole(conversation_id, model, reply, started)
+            return EventSourceResponse(self._stream(conversation_id, tenant, model, reply, include_usage,
+                                                            started))
+        return await self._whole(conversation_id, tenant, model, reply, started)
 
-    async def _whole(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None],
-                     started: float) -> Response:
+    async def _whole(self, conversation_id: str, tenant: str | None, model: str,
+                     reply: AsyncGenerator[Released | Ended, None], started: float) -> Response:
         parts: list[str] = []
         try:
             async with aclosing(reply):   # the upstream request ends with this request, however it ends
@@ -128,21 +151,22 @@ class Gateway:
                             self.metrics.first_release_seconds.observe(time.monotonic() - started)
                         parts.append(item.text)
                         continue
-                    self._ended(conversation_id, False, item)
+                    self._ended(conversation_id, False, item, tenant)
                     return JSONResponse(wire.completion(_meta(item, model), "".join(parts), item.finish_reason,
                                                         item.upstream.usage, item.verdict))
         except UpstreamError as exc:
             self.metrics.requests.labels("false", "upstream_error").inc()
             return _error(exc.status, str(exc), "upstream_error")
         except GuardUnavailable as exc:
-            self._failed_closed(conversation_id, False, "reply")
+            self._failed_closed(conversation_id, False, "reply", tenant)
             return _error(503, f"{exc}; failing closed", "guard_unavailable")
         finally:
-            self._end(conversation_id)
+            self._end(conversation_id, tenant)
         return _error(502, "the reply ended without a verdict", "guard_unavailable")
 
-    async def _stream(self, conversation_id: str, model: str, reply: AsyncGenerator[Released | Ended, None],
-                      include_usage: bool, started: float) -> AsyncIterator[dict[str, str]]:
+    async def _stream(self, conversation_id: str, tenant: str | None, model: str,
+                      reply: AsyncGenerator[Released | Ended, None], include_usage: bool, started: float
+                      ) -> AsyncIterator[dict[str, str]]:
         meta = wire.ReplyMeta.new(model)
         first = True
         try:
@@ -154,7 +178,7 @@ class Gateway:
                         yield _data(wire.chunk(meta, content=item.text, role=first))
                         first = False
                         continue
-                    self._ended(conversation_id, True, item)
+                    self._ended(conversation_id, True, item, tenant)
                     yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict,
                                            retracted=item.retracted))
                     if include_usage and item.upstream.usage is not None:
@@ -165,30 +189,30 @@ class Gateway:
             self.metrics.requests.labels("true", "upstream_error").inc()
             yield _data(wire.error(str(exc), "upstream_error", "upstream_error"))
         except GuardUnavailable as exc:
-            self._failed_closed(conversation_id, True, "reply")
+            self._failed_closed(conversation_id, True, "reply", tenant)
             yield _data(wire.error(f"{exc}; failing closed", "guard_unavailable", "guard_unavailable"))
         finally:
-            self._end(conversation_id)
+            self._end(conversation_id, tenant)
 
-    def _end(self, conversation_id: str) -> None:
+    def _end(self, conversation_id: str, tenant: str | None) -> None:
         assert self.guard is not None
-        self.guard.end_soon(conversation_id)
+        self.guard.end_soon(conversation_id, tenant=tenant)
 
     def _refuse(self, message: str) -> JSONResponse:
         self.metrics.requests.labels("unknown", "bad_request").inc()
         return _error(400, message, "invalid_request_error")
 
-    def _failed_closed(self, conversation_id: str, stream: bool, stage: str) -> None:
+    def _failed_closed(self, conversation_id: str, stream: bool, stage: str, tenant: str | None) -> None:
         log.warning("failed closed", extra={"conversation_id": conversation_id, "stage": stage})
         self.metrics.requests.labels(str(stream).lower(), "failed_closed").inc()
-        self.metrics.fail_closed.labels(stage, self.tenant or "").inc()
+        self.metrics.fail_closed.labels(stage, self.tenants.label(tenant)).inc()
 
-    def _ended(self, conversation_id: str, stream: bool, ended: Ended) -> None:
+    def _ended(self, conversation_id: str, stream: bool, ended: Ended, tenant: str | None) -> None:
         extra: dict[str, Any] = {"conversation_id": conversation_id, "finish_reason": ended.finish_reason}
         if ended.verdict is not None:
             extra.update(category=ended.verdict.category, risk=ended.verdict.risk,
                          verdict_id=ended.verdict.verdict_id)
-            self.metrics.blocks.labels("reply", ended.verdict.category or "", self.tenant or "").inc()
+            self.metrics.blocks.labels("reply", ended.verdict.category or "", self.tenants.label(tenant)).inc()
         if ended.held_s is not None:
             self.metrics.final_hold_seconds.observe(ended.held_s)
         outcome = "blocked_reply" if ended.verdict is not None else "released"

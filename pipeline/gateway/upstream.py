@@ -30,10 +30,16 @@ class UpstreamReply:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def forwarded_headers(headers: Mapping[str, str]) -> dict[str, str]:
-    """The client's credentials travel on to the upstream (never logged)."""
-    return {k: v for k, v in headers.items() if k.lower() in ("authorization", "openai-organization",
-                                                              "openai-project")}
+def forwarded_headers(headers: Mapping[str, str], upstream_key: str = "", client_key_is_ours: bool = False
+                      ) -> dict[str, str]:
+    """The credentials the upstream gets (never logged): the gateway's upstream key when it has one,
+    else the client's own Authorization header unless that key was the gateway's."""
+    out = {k: v for k, v in headers.items() if k.lower() in ("openai-organization", "openai-project")}
+    if upstream_key:
+        out["authorization"] = f"Bearer {upstream_key}"
+    elif not client_key_is_ours and "authorization" in headers:
+        out["authorization"] = headers["authorization"]
+    return out
 
 
 async def stream_text(http: httpx.AsyncClient, url: str, body: dict[str, Any], headers: Mapping[str, str],

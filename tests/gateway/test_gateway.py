@@ -203,3 +203,40 @@ def test_a_hundred_concurrent_streams_each_get_their_whole_reply(guarded_stack: 
     results = asyncio.run(all_of_them())
     assert results == [("".join(SAFE_REPLY), "stop")] * 100
     assert len(upstream.calls) == 100 and all(c.finished for c in upstream.calls)
+
+
+def test_api_keys_choose_the_tenant_and_never_reach_the_upstream_or_the_logs(
+    guarded_stack: GuardedStack, serve: Any, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text('{"sk-open-0123": "open", "sk-trip-4567": "tripwire"}')
+    upstream = ScriptedUpstream(LONG_REPLY[:40], delay_s=0.03)
+    url = serve(upstream, guarded_stack.settings, gateway_api_keys=str(keys), gateway_upstream_api_key="sk-up-89")
+    caplog.set_level("DEBUG")
+
+    def ask(key: str) -> Any:
+        api = openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0, timeout=120)
+        return api.chat.completions.create(model="scripted",
+                                           messages=[{"role": "user", "content": guarded_stack.allowed_prompt}])
+
+    assert ask("sk-open-0123").choices[0].finish_reason == "stop"
+    assert ask("sk-trip-4567").choices[0].finish_reason == "content_filter"
+    with pytest.raises(openai.AuthenticationError):
+        ask("sk-nobody")
+    assert len(upstream.calls) == 2 and {c.authorization for c in upstream.calls} == {"Bearer sk-up-89"}
+    assert metric(url, "guardstream_gateway_blocks_total", stage="reply", tenant="tripwire") == 1
+    assert metric(url, "guardstream_gateway_requests_total", outcome="unauthorized") == 1
+    logged = "\n".join(f"{r.getMessage()} {vars(r)}" for r in caplog.records)
+    assert "completion" in logged
+    assert not any(k in logged for k in ("sk-open-0123", "sk-trip-4567", "sk-nobody", "sk-up-89"))
+
+
+def test_a_trusted_tenant_header_selects_the_policy(guarded_stack: GuardedStack, serve: Any) -> None:
+    upstream = ScriptedUpstream(LONG_REPLY[:40], delay_s=0.03)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="open", gateway_tenant_header="X-Tenant")
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key="k", max_retries=0, timeout=120)
+    messages: Any = [{"role": "user", "content": guarded_stack.allowed_prompt}]
+    tripped = api.chat.completions.create(model="scripted", messages=messages,
+                                          extra_headers={"X-Tenant": "tripwire"})
+    assert tripped.choices[0].finish_reason == "content_filter"
+    assert api.chat.completions.create(model="scripted", messages=messages).choices[0].finish_reason == "stop"

@@ -1,11 +1,15 @@
-"""The gateway's request handling that needs no broker: message parsing, addresses, CLI errors."""
+"""The gateway's request handling that needs no broker: messages, tenants and keys, addresses, CLI errors."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 
 from pipeline.errors import UserError
 from pipeline.gateway.completion import BadRequest, message_texts
+from pipeline.gateway.tenants import BadTenant, TenantResolver, Unauthorized, load_key_map
+from pipeline.gateway.upstream import forwarded_headers
 from workers.cli import main
 from workers.commands.gateway import parse_listen
 
@@ -41,3 +45,41 @@ def test_listen_must_be_host_and_port() -> None:
 def test_the_command_says_how_to_give_the_upstream(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["gateway", "--upstream", "localhost:8000"]) == 2
     assert "--upstream http://" in capsys.readouterr().err
+
+
+def test_api_keys_map_to_tenants_and_unknown_keys_are_refused(tmp_path: Path) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text("sk-alpha: acme\nsk-beta: research\n")
+    resolver = TenantResolver(keys=load_key_map(str(keys)), known=frozenset({"acme"}))
+    assert resolver.resolve({"authorization": "Bearer sk-alpha"}) == "acme"
+    assert resolver.resolve({"authorization": "bearer sk-beta"}) == "research"
+    for headers in ({}, {"authorization": "Bearer sk-gamma"}, {"authorization": "Basic sk-alpha"}):
+        with pytest.raises(Unauthorized):
+            resolver.resolve(headers)
+    assert (resolver.label("acme"), resolver.label("research"), resolver.label(None)) == ("acme", "other", "")
+
+
+def test_a_trusted_tenant_header_is_checked_and_falls_back_to_the_default() -> None:
+    resolver = TenantResolver(default="base", header="x-tenant")
+    assert resolver.resolve({"x-tenant": "acme"}) == "acme"
+    assert resolver.resolve({}) == "base"
+    for bad in ("", "a\nb", "x" * 129):
+        with pytest.raises(BadTenant):
+            resolver.resolve({"x-tenant": bad})
+    assert TenantResolver(default="base").resolve({"x-tenant": "acme"}) == "base"   # header off: ignored
+
+
+@pytest.mark.parametrize("text", ["[1, 2]", "{}", "sk-a: ''", "sk-a: [x]", ": :"])
+def test_a_bad_key_file_is_refused_without_quoting_it(tmp_path: Path, text: str) -> None:
+    keys = tmp_path / "keys.yaml"
+    keys.write_text(text)
+    with pytest.raises(UserError) as raised:
+        load_key_map(str(keys))
+    assert "sk-a" not in str(raised.value)
+
+
+def test_upstream_credentials_are_the_gateways_or_the_clients_never_the_gateway_key() -> None:
+    client = {"authorization": "Bearer sk-client", "openai-project": "p", "cookie": "c"}
+    assert forwarded_headers(client) == {"authorization": "Bearer sk-client", "openai-project": "p"}
+    assert forwarded_headers(client, client_key_is_ours=True) == {"openai-project": "p"}
+    assert forwarded_headers(client, "sk-up", True)["authorization"] == "Bearer sk-up"
