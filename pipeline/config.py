@@ -176,6 +176,10 @@ class Settings:
         default="", metadata=_opt("Gateway: API key sent to the upstream (empty: the client's Authorization "
                                   "header, or none with --gateway-api-keys)", "gateway")
     )
+    gateway_fail_open_tenants: str = field(
+        default="", metadata=_opt("Gateway: comma-separated tenants that fail OPEN (unjudged text is passed) when "
+                                  "Kafka or the workers do not answer in time; everyone else fails closed", "gateway")
+    )
     gateway_verdict_timeout_ms: int = field(
         default=10000,
         metadata=_opt("Gateway: longest wait, ms, for the prompt's verdict and for the reply's final verdict after "

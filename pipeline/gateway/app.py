@@ -49,6 +49,7 @@ class Gateway:
         book = load_policy_book(settings.policy_file or None, settings.default_policy)
         self.tenants = TenantResolver(settings.gateway_tenant or None, settings.gateway_tenant_header, keys,
                                       frozenset(book.tenants) | frozenset((keys or {}).values()))
+        self.fail_open = frozenset(t.strip() for t in settings.gateway_fail_open_tenants.split(",") if t.strip())
         self.mode: Mode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
         self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
         self.guard: GuardClient | None = None
@@ -116,9 +117,12 @@ class Gateway:
         try:
             blocked = await judge_prompt(self.guard, conversation_id, tenant, messages, self.limits)
         except GuardUnavailable as exc:
-            self._end(conversation_id, tenant)
-            self._failed_closed(conversation_id, stream, "prompt", tenant)
-            return _error(503, f"{exc}; failing closed", "guard_unavailable")
+            if tenant not in self.fail_open:
+                self._end(conversation_id, tenant)
+                self._failed_closed(conversation_id, stream, "prompt", tenant)
+                return _error(503, f"{exc}; failing closed", "guard_unavailable")
+            self._failed_open(conversation_id, "prompt", tenant)
+            blocked = None
         self.metrics.prompt_seconds.observe(time.monotonic() - started)
         if blocked is not None:
             self._end(conversation_id, tenant)
@@ -133,7 +137,7 @@ class Gateway:
         # Optimistic release only makes sense while streaming: a whole response is sent at the end anyway.
         reply = guarded_reply(self.guard, self.http, f"{self.upstream}/chat/completions", body,
                               self._upstream_headers(request), conversation_id, tenant, self.limits,
-                              self.mode if stream else "guarded")
+                              self.mode if stream else "guarded", tenant in self.fail_open)
         if stream:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return EventSourceResponse(self._stream(conversation_id, tenant, model, reply, include_usage,
@@ -207,15 +211,21 @@ class Gateway:
         self.metrics.requests.labels(str(stream).lower(), "failed_closed").inc()
         self.metrics.fail_closed.labels(stage, self.tenants.label(tenant)).inc()
 
+    def _failed_open(self, conversation_id: str, stage: str, tenant: str | None) -> None:
+        log.warning("failed open", extra={"conversation_id": conversation_id, "stage": stage})
+        self.metrics.fail_open.labels(stage, self.tenants.label(tenant)).inc()
+
     def _ended(self, conversation_id: str, stream: bool, ended: Ended, tenant: str | None) -> None:
         extra: dict[str, Any] = {"conversation_id": conversation_id, "finish_reason": ended.finish_reason}
         if ended.verdict is not None:
             extra.update(category=ended.verdict.category, risk=ended.verdict.risk,
                          verdict_id=ended.verdict.verdict_id)
             self.metrics.blocks.labels("reply", ended.verdict.category or "", self.tenants.label(tenant)).inc()
+        if ended.failed_open:
+            self._failed_open(conversation_id, "reply", tenant)
         if ended.held_s is not None:
             self.metrics.final_hold_seconds.observe(ended.held_s)
-        outcome = "blocked_reply" if ended.verdict is not None else "released"
+        outcome = "blocked_reply" if ended.verdict is not None else "failed_open" if ended.failed_open else "released"
         self.metrics.requests.labels(str(stream).lower(), outcome).inc()
         log.info("reply ended", extra=extra)
 

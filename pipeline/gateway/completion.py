@@ -43,6 +43,7 @@ class Ended:
     upstream: UpstreamReply
     held_s: float | None = None         # upstream's end to this end (None: stopped before its end)
     retracted: bool = False             # optimistic mode: text already sent must be taken back
+    failed_open: bool = False           # the guard did not rule in time; the tenant opted to pass the text
 
 
 @dataclass(frozen=True)
@@ -101,12 +102,14 @@ async def judge_prompt(guard: GuardClient, conversation_id: str, tenant: str | N
 
 async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, body: Mapping[str, Any],
                         headers: Mapping[str, str], conversation_id: str, tenant: str | None,
-                        limits: Limits, mode: Mode = "guarded") -> AsyncGenerator[Released | Ended, None]:
+                        limits: Limits, mode: Mode = "guarded", fail_open: bool = False
+                        ) -> AsyncGenerator[Released | Ended, None]:
     """Stream the upstream's reply through the guard: cleared text (optimistic mode: all text at
     once), then how it ended.
 
     Raises :class:`UpstreamError` or :class:`GuardUnavailable` (fail closed: the final verdict did
-    not come within ``verdict_timeout_s`` of the reply's end).
+    not come within ``verdict_timeout_s`` of the reply's end). With ``fail_open`` the text not yet
+    released is passed instead, and the end says so (``failed_open``).
     """
     msg = guard.message(conversation_id, "assistant", tenant=tenant, mode=mode)
     upstream = UpstreamReply()
@@ -136,14 +139,23 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                 try:
                     await asyncio.wait_for(msg.finish(wait_ack=True), limits.verdict_timeout_s)
                 except TimeoutError:
-                    raise GuardUnavailable("Kafka did not accept the reply in time") from None
+                    if not fail_open:
+                        raise GuardUnavailable("Kafka did not accept the reply in time") from None
+                    final_due = 0.0   # already late
                 upstream_done = time.monotonic()
                 final_due = upstream_done + limits.verdict_timeout_s
             try:
                 event = await asyncio.wait_for(msg.events.get(), _POLL_S)
             except TimeoutError:
                 if final_due is not None and time.monotonic() > final_due:
-                    raise GuardUnavailable("the guard did not judge the reply in time") from None
+                    if not fail_open:
+                        raise GuardUnavailable("the guard did not judge the reply in time") from None
+                    pending = msg.buffer.pending_text if not msg.buffer.retracted else ""
+                    if mode == "guarded" and pending:
+                        yield Released(pending)
+                    reason = "length" if truncated else (upstream.finish_reason or "stop")
+                    yield Ended(reason, None, upstream, time.monotonic() - upstream_done, failed_open=True)
+                    return
                 continue
             if event.blocked is not None:
                 task.cancel()

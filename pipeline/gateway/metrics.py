@@ -18,6 +18,9 @@ class GatewayMetrics:
         self.fail_closed = Counter("guardstream_gateway_fail_closed",
                                    "Requests refused because Kafka or the workers did not answer in time",
                                    ["stage", "tenant"], registry=r)
+        self.fail_open = Counter("guardstream_gateway_fail_open",
+                                 "Unjudged text passed because Kafka or the workers did not answer in time "
+                                 "(tenants that opted in)", ["stage", "tenant"], registry=r)
         self.prompt_seconds = Histogram("guardstream_gateway_prompt_check_seconds",
                                         "Publishing the prompt to its verdict: latency added before the upstream",
                                         buckets=_SECONDS, registry=r)

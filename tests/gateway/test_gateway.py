@@ -240,3 +240,15 @@ def test_a_trusted_tenant_header_selects_the_policy(guarded_stack: GuardedStack,
                                           extra_headers={"X-Tenant": "tripwire"})
     assert tripped.choices[0].finish_reason == "content_filter"
     assert api.chat.completions.create(model="scripted", messages=messages).choices[0].finish_reason == "stop"
+
+
+def test_a_tenant_that_opted_in_fails_open_and_it_is_counted(settings: Any, serve: Any) -> None:
+    upstream = ScriptedUpstream(SAFE_REPLY)
+    url = serve(upstream, settings, gateway_verdict_timeout_ms=1000, gateway_tenant="acme",
+                gateway_fail_open_tenants="acme, beta", policy_file="")
+    text, last = stream_chat(url, "Hello there")
+    assert text == "".join(SAFE_REPLY) and last.choices[0].finish_reason == "stop"
+    assert upstream.calls[0].finished
+    assert metric(url, "guardstream_gateway_fail_open_total", stage="prompt") == 1
+    assert metric(url, "guardstream_gateway_fail_open_total", stage="reply") == 1
+    assert metric(url, "guardstream_gateway_requests_total", outcome="failed_open") == 1
