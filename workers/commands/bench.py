@@ -1,11 +1,11 @@
-"""``guardstream bench engine|e2e|gen|tokenizer``: the benchmark suites, each with its baseline in the same run."""
+"""``guardstream bench SUITE``: the benchmark suites, each with its baseline in the same run."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-SUITES = ("engine", "e2e", "gen", "tokenizer")
+SUITES = ("engine", "e2e", "gen", "tokenizer", "gateway")
 
 
 def register(sub: Any) -> None:
