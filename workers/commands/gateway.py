@@ -51,6 +51,11 @@ def run(args: argparse.Namespace) -> int:
     if not settings.upstream.startswith(("http://", "https://")):
         raise UserError("--upstream must be the upstream's base URL, e.g. --upstream http://127.0.0.1:8000/v1")
     host, port = parse_listen(settings.listen)
+    from pipeline.stack.probes import kafka_answers
+
+    if not kafka_answers(settings.kafka_config()):
+        raise UserError(f"Kafka at {settings.kafka_bootstrap} is not answering; start it ('guardstream up' locally) "
+                        "or point --kafka-bootstrap at your brokers")
     configure_logging(settings.log_level)
     # uvicorn's access log would print request lines; the gateway logs its own structured lines.
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
