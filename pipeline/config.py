@@ -140,6 +140,12 @@ class Settings:
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
     )
+    gen_start_from: str = field(
+        default="latest",
+        metadata=_opt("Generative worker: where a NEW consumer group starts reading guard.in (latest: only "
+                      "conversations sent from now on; earliest: everything the topic still retains). A group "
+                      "with committed offsets always resumes from them", "worker", ["latest", "earliest"]),
+    )
     gen_max_batch: int = field(default=8, metadata=_opt("Generative worker: largest batch", "worker"))
     gen_concurrency: int = field(
         default=1, metadata=_opt("Generative worker: model calls in flight at once", "worker")
@@ -303,9 +309,11 @@ def add_settings_arguments(parser: argparse.ArgumentParser, names: Iterable[str]
                 help=help_text,
             )
         else:
+            choices = f.metadata.get("choices")
+            # With choices the metavar lists them ({cpu,cuda,...}), so --help shows the values.
             parser.add_argument(
                 cli_flag(name), dest=name, default=None, type=int if kind == "int" else str,
-                choices=f.metadata.get("choices"), help=help_text, metavar=name.upper(),
+                choices=choices, help=help_text, metavar="{" + ",".join(choices) + "}" if choices else name.upper(),
             )
 
 

@@ -26,6 +26,8 @@ COMMAND_MODULES = (
     "worker",     # worker stream|generative
     "send",
     "watch",
+    "dlq",        # dlq list|show|republish
+    "smoke",
     "demo",
     "gateway",    # OpenAI-compatible guarded endpoint
     "bench",

@@ -184,7 +184,7 @@ def load_gen_model(model: str, device: str = "auto", dtype: str = "auto") -> Gen
     config = _check_gen_dir(folder)
     chosen_device = pick_device(device)
     torch_dtype = pick_dtype(dtype, chosen_device)
-    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), **tokenizer_kwargs(config))
     lm: Any = AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch_dtype)
     lm = lm.to(device=chosen_device)
     lm.eval()
@@ -198,6 +198,21 @@ def load_gen_model(model: str, device: str = "auto", dtype: str = "auto") -> Gen
         max_position_embeddings=int(config.get("max_position_embeddings", 32768)),
         eos_token_ids=eos_ids, pad_token_id=int(pad),
     )
+
+
+# transformers' own list of model types whose tokenizers may carry the broken regex.
+MISTRAL_MODEL_TYPES = ("mistral", "mistral3", "voxtral", "ministral", "pixtral")
+
+
+def tokenizer_kwargs(config: dict[str, Any]) -> dict[str, Any]:
+    """Tell transformers a Qwen3 tokenizer is not a Mistral one (docs/generative.md, "Quiet logs").
+
+    Without ``transformers_version`` in config.json it warns about Mistral's tokenizer regex on any
+    local tokenizer; the warning is spurious for other model types and the flag changes nothing else.
+    """
+    if config.get("model_type") in MISTRAL_MODEL_TYPES:
+        return {}
+    return {"fix_mistral_regex": False}
 
 
 def _model_name(model: str, folder: Path) -> str:

@@ -94,6 +94,11 @@ def export_stream_model(
     from pipeline.model.checkpoint import load_stream_model, resolve_model_dir
 
     source = resolve_model_dir(model)
+    from pipeline.tokens.files import load_model_tokenizer
+
+    # Before the slow part: the export carries the checkpoint's own tokenizer, never a substitute,
+    # and it must fit the model's embedding rows (docs/token-stream.md, "Tokenizer").
+    load_model_tokenizer(source)
     say(f"loading checkpoint {source}")
     stream, config = load_stream_model(str(source), dtype="fp32", device="cpu")
     stream.eval()
@@ -184,15 +189,6 @@ def _copy_tokenizer(source: Path, out: Path) -> list[str]:
         if (source / name).is_file():
             shutil.copy2(source / name, out / name)
             copied.append(name)
-    if "tokenizer.json" not in copied:
-        from pipeline.tokens.files import qwen3_tokenizer_dir
-
-        # A checkpoint without tokenizer files still needs one in a self-contained export.
-        fallback = qwen3_tokenizer_dir()
-        for name in TOKENIZER_FILE_NAMES:
-            if (fallback / name).is_file() and name not in copied:
-                shutil.copy2(fallback / name, out / name)
-                copied.append(name)
     return copied
 
 

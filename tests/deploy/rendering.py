@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -16,6 +17,10 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 K8S_DIR = REPO_ROOT / "deploy" / "k8s"
 INSTALL_SCRIPT = REPO_ROOT / "deploy" / "tools" / "install-kustomize.sh"
 LOCAL_KUSTOMIZE = REPO_ROOT / ".guardstream" / "bin" / "kustomize"
+# Set to 1 (CI does, in .ci/run) to make a missing kustomize fail the deploy tests instead of skipping them.
+REQUIRE_ENV = "GUARD_REQUIRE_KUSTOMIZE"
+# A kustomize binary to use instead of the project's own install (e.g. a shared one).
+KUSTOMIZE_ENV = "KUSTOMIZE"
 
 # Every kustomization a user may build, by the name the tests use.
 KUSTOMIZATIONS = {
@@ -23,6 +28,7 @@ KUSTOMIZATIONS = {
     "topics": K8S_DIR / "topics",
     "dev": K8S_DIR / "overlays" / "dev",
     "prod": K8S_DIR / "overlays" / "prod",
+    "redis": K8S_DIR / "redis",
 }
 SETTINGS_CONFIGMAP = "guardstream-settings"
 SETTINGS_SECRET = "guardstream-secrets"
@@ -35,8 +41,17 @@ class KustomizeMissing(RuntimeError):
     pass
 
 
+def kustomize_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "") == "1"
+
+
 def find_kustomize() -> Path:
-    """The project's pinned kustomize (deploy/tools/install-kustomize.sh), else one on PATH."""
+    """$KUSTOMIZE, else the project's pinned kustomize (deploy/tools/install-kustomize.sh), else one on PATH."""
+    explicit = os.environ.get(KUSTOMIZE_ENV)
+    if explicit:
+        if not Path(explicit).is_file():
+            raise KustomizeMissing(f"${KUSTOMIZE_ENV}={explicit} is not a file")
+        return Path(explicit)
     if LOCAL_KUSTOMIZE.is_file():
         return LOCAL_KUSTOMIZE
     found = shutil.which("kustomize")
@@ -44,7 +59,8 @@ def find_kustomize() -> Path:
         return Path(found)
     raise KustomizeMissing(
         f"kustomize is not installed; run {INSTALL_SCRIPT.relative_to(REPO_ROOT)} (or `make setup`), "
-        f"which builds it from the Go module proxy into {LOCAL_KUSTOMIZE.parent.relative_to(REPO_ROOT)}"
+        f"which builds it from the Go module proxy into {LOCAL_KUSTOMIZE.parent.relative_to(REPO_ROOT)} "
+        "(it needs Go >= 1.21, or fetches the Go toolchain itself)"
     )
 
 

@@ -178,14 +178,32 @@ def test_every_container_command_line_is_accepted_by_the_cli(workers_rendered: R
 def test_the_onnx_export_has_the_precision_the_settings_ask_for(workers_rendered: Rendered) -> None:
     settings = settings_of(workers_rendered)
     expected = "fp32" if settings.precision == "auto" else settings.precision
-    exports = [
-        parse_cli(guardstream_args(c))
-        for d in workers_rendered.of_kind("Deployment")
-        for c in pod_spec(d).get("initContainers", [])
-    ]
-    assert exports, "the stream worker's ONNX export init container is gone"
-    for export in exports:
-        assert export.command == "export" and export.precision == expected
+    exports = [parse_cli(guardstream_args(c)) for job in workers_rendered.of_kind("Job") for c in containers(job)]
+    exports = [e for e in exports if e.command == "export"]
+    assert len(exports) == 1, "the Job that exports the stream model once is gone"
+    assert exports[0].precision == expected
+    assert exports[0].out.name.endswith(expected), "an export folder holds one precision only"
+
+
+def test_stream_pods_load_the_export_the_job_writes_and_never_export_themselves(workers_rendered: Rendered) -> None:
+    (job,) = [j for j in workers_rendered.of_kind("Job")
+              if any("export" in guardstream_args(c) for c in containers(j))]
+    (export,) = [parse_cli(guardstream_args(c)) for c in containers(job)]
+    stream = [d for d in workers_rendered.of_kind("Deployment") if worker_kind(d) == "stream"]
+    for deployment in stream:
+        assert not pod_spec(deployment).get("initContainers"), "a stream pod exports at start again"
+        model = PurePosixPath(vars(parse_cli(worker_container(deployment)["args"]))["model"])
+        assert model == PurePosixPath(str(export.out))
+
+        def claim(workload: Manifest, path: PurePosixPath, container: dict[str, Any]) -> str:
+            volumes = {v["name"]: v for v in pod_spec(workload)["volumes"]}
+            mount = max((m for m in container["volumeMounts"]
+                         if path == PurePosixPath(m["mountPath"]) or PurePosixPath(m["mountPath"]) in path.parents),
+                        key=lambda m: len(m["mountPath"]))
+            return str(volumes[mount["name"]]["persistentVolumeClaim"]["claimName"])
+
+        (job_container,) = list(containers(job))
+        assert claim(deployment, model, worker_container(deployment)) == claim(job, model, job_container)
 
 
 def test_each_deployment_runs_the_worker_its_labels_name(workers_rendered: Rendered) -> None:
@@ -380,3 +398,64 @@ def test_worker_images_are_the_ones_the_dockerfiles_build(
             if workload["kind"] == "Deployment" and container["name"] == "worker":
                 images[worker_kind(workload)] = repository
     assert images == {"stream": f"guardstream-{stream_image}", "generative": "guardstream-generative"}
+
+
+# --- monitoring and Redis ----------------------------------------------------------------------------
+
+
+def _exported_metric_names() -> set[str]:
+    from workers.generative.metrics import GenMetrics
+    from workers.stream.metrics import StreamMetrics
+
+    names: set[str] = set()
+    for metrics in (StreamMetrics(), GenMetrics()):
+        for family in metrics.registry.collect():
+            names.add(family.name)
+            names.update(sample.name for sample in family.samples)
+            names.update({f"{family.name}_total", f"{family.name}_bucket", f"{family.name}_count",
+                          f"{family.name}_sum"} if family.type in ("counter", "histogram") else set())
+    return names
+
+
+def _guardstream_metrics_in(text: str) -> set[str]:
+    import re
+
+    return set(re.findall(r"\bguardstream_[a-z0-9_]+", text))
+
+
+def test_alerts_cover_lag_dlq_fail_open_health_and_latency_with_metrics_that_exist(
+    rendered_all: dict[str, Rendered]
+) -> None:
+    (rule,) = rendered_all["prod"].of_kind("PrometheusRule")
+    alerts = {r["alert"]: r["expr"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    text = " ".join(alerts.values())
+    for needed in ("consumer_lag", "dlq", "verdict_latency", "assigned_partitions", "up{"):
+        assert needed in text, needed
+    assert any("FailOpen" in name for name in alerts)
+    used = _guardstream_metrics_in(text)
+    assert used and used <= _exported_metric_names(), used - _exported_metric_names()
+
+
+def test_grafana_dashboard_uses_only_metrics_that_exist(rendered_all: dict[str, Rendered]) -> None:
+    import json
+
+    dashboard = rendered_all["prod"].named("ConfigMap", "guardstream-grafana-dashboard")
+    assert dashboard is not None and dashboard["metadata"]["labels"].get("grafana_dashboard") == "1"
+    (content,) = dashboard["data"].values()
+    panels = json.loads(content)["panels"]
+    used = _guardstream_metrics_in(" ".join(t["expr"] for p in panels for t in p["targets"]))
+    assert len(used) >= 8 and used <= _exported_metric_names(), used - _exported_metric_names()
+
+
+def test_the_redis_manifest_persists_and_never_evicts(rendered_all: dict[str, Rendered]) -> None:
+    redis = rendered_all["redis"]
+    config = redis.named("ConfigMap", "guardstream-redis-config")
+    assert config is not None
+    lines = {line.split()[0]: line.split()[1:] for line in config["data"]["redis.conf"].splitlines()
+             if line.strip() and not line.startswith("#")}
+    assert lines["maxmemory-policy"] == ["noeviction"] and lines["appendonly"] == ["yes"]
+    (statefulset,) = redis.of_kind("StatefulSet")
+    (claim,) = statefulset["spec"]["volumeClaimTemplates"]
+    (container,) = pod_spec(statefulset)["containers"]
+    assert {"name": "data", "mountPath": "/data"} in container["volumeMounts"] and claim["metadata"]["name"] == "data"
+    assert pod_spec(statefulset)["securityContext"]["runAsNonRoot"] is True

@@ -34,3 +34,24 @@ def test_bench_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFix
 
     assert main(["bench", "engine", "--model", str(tmp_path / "absent"), "--out", str(tmp_path / "b")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_quick_bench_without_a_model_records_the_tiny_size_it_ran_and_its_run_time(tmp_path: Path) -> None:
+    from workers.cli import main
+
+    out = tmp_path / "bench"
+    assert main(["bench", "engine", "--quick", "--state-dir", str(tmp_path / "state"), "--out", str(out)]) == 0
+    report = json.loads((out / "engine.json").read_text())
+    assert report["command"] == "guardstream bench engine --size tiny --quick"
+    assert report["seconds"] > 0 and report["bench_seconds"] > 0
+    assert report["seconds"] >= report["bench_seconds"]
+    assert "run took 0.0 s" not in (out / "engine.md").read_text()
+
+
+def test_bench_engine_and_bench_gen_default_to_the_same_size() -> None:
+    from workers.cli import build_parser
+
+    parser = build_parser()
+    engine = parser.parse_args(["bench", "engine"])
+    gen = parser.parse_args(["bench", "gen"])
+    assert engine.size == gen.size == "tiny"

@@ -83,3 +83,11 @@ def test_upstream_credentials_are_the_gateways_or_the_clients_never_the_gateway_
     assert forwarded_headers(client) == {"authorization": "Bearer sk-client", "openai-project": "p"}
     assert forwarded_headers(client, client_key_is_ours=True) == {"openai-project": "p"}
     assert forwarded_headers(client, "sk-up", True)["authorization"] == "Bearer sk-up"
+
+
+def test_config_never_prints_the_upstream_api_key(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("GUARD_GATEWAY_UPSTREAM_API_KEY", "sk-upstream-secret-42")
+    assert main(["config"]) == 0
+    out = capsys.readouterr().out
+    assert "GUARD_GATEWAY_UPSTREAM_API_KEY" in out and "sk-upstream-secret-42" not in out

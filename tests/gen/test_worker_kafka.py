@@ -38,7 +38,7 @@ def _free_port() -> int:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, log_file: Path) -> None:
+    def __init__(self, settings: Settings, log_file: Path, start_from: str | None = "earliest") -> None:
         self.port = _free_port()
         flags = {
             "--kafka-bootstrap": settings.kafka_bootstrap, "--topic-in": settings.topic_in,
@@ -48,6 +48,8 @@ class WorkerProcess:
             "--max-text-bytes": str(settings.max_text_bytes), "--metrics-port": str(self.port),
             "--device": "cpu", "--gen-threads": "1",
         }
+        if start_from is not None:   # None: the worker's default
+            flags["--gen-start-from"] = start_from
         args = [sys.executable, "-m", "workers.generative", *[x for kv in flags.items() for x in kv]]
         self.log = log_file.open("ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})

@@ -3,10 +3,33 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 PRECISIONS = ("fp32", "fp16")
+# What torch's ONNX exporter says on every export of this model, none of it actionable:
+# - dynamic axes that share one shape constraint (batch, seq, past are meant to be shared);
+# - torchvision's operators skipped because torchvision is not installed (the model uses none).
+SHARED_AXIS_WARNING = r"# The axis name: \w+ will not be used, since it shares the same shape constraints"
+REGISTRATION_LOGGER = "torch.onnx._internal.exporter._registration"
+
+
+@contextlib.contextmanager
+def quiet_torch_export() -> Iterator[None]:
+    """Silence exactly the exporter's known, harmless lines; any other warning still shows."""
+    registration = logging.getLogger(REGISTRATION_LOGGER)
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=SHARED_AXIS_WARNING, category=UserWarning)
+            yield
+    finally:
+        registration.setLevel(level)
 
 
 def register(sub: Any) -> None:
@@ -42,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise UserError(f"export needs torch, transformers and onnx: pip install 'guardstream[torch]' ({exc})") \
             from exc
-    out = export_stream_model(settings.model, args.out, precision=args.precision, opset=args.opset,
-                              progress=lambda message: console.print(f"[bold]export[/]: {message}"))
+    with quiet_torch_export():
+        out = export_stream_model(settings.model, args.out, precision=args.precision, opset=args.opset,
+                                  progress=lambda message: console.print(f"[bold]export[/]: {message}"))
     console.print(f"done: load it with --model {out}")
     return 0

@@ -22,7 +22,8 @@ def register(sub: Any) -> None:
         description="Write config.json, safetensors weights and tokenizer files of a randomly initialised "
         "Qwen3Guard-Stream (--arch stream) or Qwen3Guard-Gen (--arch gen) checkpoint.",
     )
-    init.add_argument("--arch", choices=("stream", "gen"), default="stream", help="Which Qwen3Guard variant")
+    init.add_argument("--arch", choices=("stream", "gen"), default="stream",
+                      help="Which Qwen3Guard variant (default: stream)")
     init.add_argument("--size", choices=SIZES, default="tiny",
                       help="tiny (test size, real vocabulary) or a released size (default tiny)")
     init.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives the same weights")

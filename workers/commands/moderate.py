@@ -78,7 +78,12 @@ def run(args: argparse.Namespace) -> int:
     with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(f"moderate ({args.engine})", total=len(conversations))
         if args.engine == "torch":
+            from pipeline.onnx.layout import is_export_dir
             from pipeline.reference import ReferenceModerator
+
+            if is_export_dir(folder):
+                raise UserError(f"{settings.model} is an ONNX export; use --engine onnx (the torch engine needs "
+                                "the checkpoint it was exported from)")
 
             moderator = ReferenceModerator.from_dir(
                 folder, policies, model_name, device=settings.device, precision=settings.precision,

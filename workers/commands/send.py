@@ -18,6 +18,8 @@ KAFKA_SETTINGS = [
     "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
     "kafka_extra",
 ]
+# A broker that goes away mid-send: each delta fails after this long instead of librdkafka's 5 min.
+DELIVERY_TIMEOUT_MS = 30_000
 
 EPILOG = """\
 Each message is cut into chunks (--chunk tokens: Qwen3 tokens, as an LLM streams them; chars:
@@ -73,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.chunking import Chunker
     from pipeline.conversations import read_conversations
     from pipeline.deltas import conversation_deltas, interleave
+    from pipeline.kafka.clients import require_kafka
 
     if args.rate < 0:
         raise UserError("--rate must be 0 (unlimited) or a positive number of deltas per second")
@@ -86,19 +89,26 @@ def run(args: argparse.Namespace) -> int:
     order = list(interleave(streams, args.interleave, random.Random(args.seed or 0)))
     report = SendReport(conversations=len(conversations), messages=sum(len(c.messages) for c in conversations))
     console = Console(stderr=True)
+    require_kafka(settings)
     started = time.monotonic()
     _publish(settings, order, args.rate, report, show_progress=not args.no_progress, console=console)
     elapsed = time.monotonic() - started
-    console.print(
-        f"sent {report.deltas} deltas ({report.bytes} bytes) of {report.messages} messages in "
-        f"{report.conversations} conversations to {settings.topic_in} in {elapsed:.2f} s "
-        f"({report.deltas / max(elapsed, 1e-9):.0f} deltas/s); delivered {report.delivered}, "
-        f"partitions used {sorted(report.partitions)}"
-    )
-    if report.failures:
-        console.print(f"[red]{len(report.failures)} deltas were not delivered[/red], first: {report.failures[0]}")
-        return 1
+    console.print(summary(report, settings.topic_in, elapsed), highlight=False)
+    if report.delivered < report.deltas:
+        hint = report.failures[0] if report.failures else "no delivery report"
+        raise UserError(f"{report.deltas - report.delivered} of {report.deltas} deltas were not delivered to "
+                        f"{settings.topic_in} at {settings.kafka_bootstrap} (first error: {hint}); "
+                        "is Kafka running ('guardstream up') and does the topic exist ('guardstream topics')?")
     return 0
+
+
+def summary(report: SendReport, topic: str, elapsed: float) -> str:
+    """One line; counts only what the broker confirmed, so it never contradicts the error that may follow."""
+    return (
+        f"delivered {report.delivered} of {report.deltas} deltas ({report.bytes} bytes) of {report.messages} "
+        f"messages in {report.conversations} conversations to {topic} in {elapsed:.2f} s "
+        f"({report.delivered / max(elapsed, 1e-9):.0f} deltas/s), partitions used {sorted(report.partitions)}"
+    )
 
 
 def _publish(
@@ -112,12 +122,13 @@ def _publish(
 
     def on_delivery(err: Any, msg: Any) -> None:
         if err is not None:
-            report.failures.append(str(err))
+            if not report.failures:   # the first says why; thousands of copies say nothing more
+                report.failures.append(str(err))
         else:
             report.delivered += 1
             report.partitions.add(msg.partition())
 
-    producer = make_producer(settings)
+    producer = make_producer(settings, **{"message.timeout.ms": str(DELIVERY_TIMEOUT_MS)})
     progress = Progress(TextColumn("sending"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                         console=console, disable=not show_progress)
     started = time.monotonic()
@@ -140,7 +151,5 @@ def _publish(
             report.deltas += 1
             report.bytes += len(value)
             progress.advance(task)
-        remaining = producer.flush(60)
-    if remaining:
-        report.failures.append(f"{remaining} deltas still queued after 60 s (is Kafka reachable at "
-                               f"{settings.kafka_bootstrap}?)")
+        # Every queued delta gets a delivery report (success or timeout) within DELIVERY_TIMEOUT_MS.
+        producer.flush(DELIVERY_TIMEOUT_MS / 1000 + 10)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 import uuid
 from datetime import UTC, datetime
@@ -20,9 +21,22 @@ KAFKA_SETTINGS = [
 RISK_STYLE = {"safe": "green", "controversial": "yellow", "unsafe": "red"}
 
 EPILOG = """\
-Starts at the end of the topic (only new verdicts) unless --from-beginning. Each line shows the
-time, conversation, message, source and kind, then the risk (green safe, yellow controversial,
-red unsafe), category, action and where it fired. Flags stand out; progress lines are dim.
+Starts at the end of the topic (only new verdicts) unless --from-beginning. One line per verdict,
+in fixed-width columns:
+
+  TIME         CONVERSATION     MESSAGE          SOURCE     KIND     RISK          ACTION  ...
+  12:04:31.512 chat-a           #1    assistant  stream     FLAG     UNSAFE        block Violent
+      token 7 seq 7 char 26 140 ms     (on the same line)
+
+TIME is the verdict's ts_ms (UTC); MESSAGE the message index and role; KIND final, flag or
+progress (dim); RISK green safe, yellow controversial, red unsafe; CATEGORIES the categories
+found (none when safe). Then, where the verdict has them:
+  refusal / no refusal   assistant messages: whether the answer refuses (generative worker)
+  token N                the deciding token: its index among the message's scored tokens
+  seq N char N           where that token starts: the delta (seq) and character offset in the
+                         message's text, so a client knows which text to retract
+  cleared through seq N  progress verdicts: every delta up to seq N is judged safe to show
+  N ms                   latency: from the delta's ts_ms (when it was sent) to the verdict
 Ctrl-C stops. With --max the exit status is 1 if fewer verdicts came before --timeout.
 
 examples:
@@ -47,20 +61,28 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
+# Column widths of the fixed part of a line (plain text; markup is added after padding).
+CONVERSATION_WIDTH = 16
+KIND_LABELS = {"flag": "FLAG", "final": "final", "progress": "progress"}
+
+
 def format_verdict(v: Verdict) -> str:
-    """One line of rich markup for a verdict."""
+    """One line of rich markup for a verdict, its fixed columns padded so that lines align."""
     when = datetime.fromtimestamp(v.ts_ms / 1000, tz=UTC).strftime("%H:%M:%S.%f")[:-3]
     style = RISK_STYLE.get(v.risk, "white")
-    kind = {"flag": "[bold reverse]FLAG[/]", "final": "final", "progress": "[dim]progress[/]"}.get(v.kind, v.kind)
+    kind_text = KIND_LABELS.get(v.kind, v.kind)
+    kind = {"flag": "[bold reverse]{}[/]", "progress": "[dim]{}[/]"}.get(v.kind, "{}").format(kind_text)
+    kind += " " * (8 - len(kind_text))
+    action = "[bold red]block[/]" if v.action == "block" else "allow"
     parts = [
-        f"[dim]{when}[/]", f"[cyan]{_escape(v.conversation_id)}[/]", f"#{v.message_index} {v.role:9}",
-        f"{v.source:10}", kind, f"[{style} bold]{v.risk.upper()}[/]",
+        f"[dim]{when}[/]", f"[cyan]{_escape(v.conversation_id.ljust(CONVERSATION_WIDTH))}[/]",
+        f"{'#' + str(v.message_index):<5} {v.role:10}", f"{v.source:10}", kind,
+        f"[{style} bold]{v.risk.upper():13}[/]", action + " " * (5 - len(v.action)),
     ]
-    if v.category:
-        parts.append(f"[{style}]{_escape(v.category)}[/]")
-    if v.categories:
-        parts.append(f"[{style}]{_escape(', '.join(v.categories))}[/]")
-    parts.append("[bold red]block[/]" if v.action == "block" else "allow")
+    # One list of categories: the stream worker also sets `category` (the first of them).
+    categories = v.categories or ([v.category] if v.category else [])
+    if categories:
+        parts.append(f"[{style}]{_escape(', '.join(categories))}[/]")
     if v.refusal is not None:
         parts.append("refusal" if v.refusal else "no refusal")
     if v.token_index is not None:
@@ -87,12 +109,13 @@ def run(args: argparse.Namespace) -> int:
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
     from rich.console import Console
 
-    from pipeline.kafka.clients import consumer_config
+    from pipeline.kafka.clients import RateLimitedLog, consumer_config, require_kafka
     from schemas.messages import decode_verdict
 
     settings = settings_from_args(args)
     console = Console(no_color=args.no_color, highlight=False, soft_wrap=True)
     wanted = set(args.conversation)
+    require_kafka(settings)
     # A throwaway group that never commits: watching must not move anybody's offsets.
     consumer = Consumer(consumer_config(settings, f"guardstream-watch-{uuid.uuid4().hex[:12]}"))
     try:
@@ -116,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         assignment.append(TopicPartition(settings.topic_verdicts, partition, offset))
     consumer.assign(assignment)
     shown = 0
+    # A broker that goes away mid-watch reports the same error on every poll: show it now and then.
+    errors = RateLimitedLog(logging.getLogger("guardstream.watch"))
     deadline = time.monotonic() + args.timeout if args.timeout is not None else None
     try:
         while (args.max is None or shown < args.max) and (deadline is None or time.monotonic() < deadline):
@@ -123,7 +148,10 @@ def run(args: argparse.Namespace) -> int:
             if msg is None:
                 continue
             if msg.error() is not None:
-                console.print(f"[red]kafka error:[/] {msg.error()}")
+                held = errors.admit(str(msg.error()))
+                if held is not None:
+                    console.print(f"[red]kafka error:[/] {_escape(str(msg.error()))}"
+                                  + (f" [dim]({held} more like it not shown)[/]" if held else ""))
                 continue
             raw = msg.value() or b""
             try:

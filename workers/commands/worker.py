@@ -20,19 +20,53 @@ _STREAM = (
 )
 _GENERATIVE = (
     "generative_group", "gen_max_batch", "gen_concurrency", "gen_threads", "max_batch_wait_ms", "max_text_bytes",
-    "replication_factor",
+    "replication_factor", "gen_start_from",
 )
 
 
+STREAM_DESCRIPTION = """\
+Token-level moderation: reads TokenDeltas from guard.in (consumer group --stream-group), scores
+every token with Qwen3Guard-Stream on ONNX Runtime (no torch), keeps each conversation's state in
+Redis, and writes progress, flag and final verdicts to guard.verdicts in Kafka transactions
+(exactly once). Bad input goes to guard.in.dlq. Runs until SIGTERM/SIGINT; /metrics, /healthz
+and /readyz on --metrics-port. Topics must exist first ('guardstream topics')."""
+
+STREAM_EPILOG = """\
+examples:
+  guardstream worker stream --model ./qwen3guard-stream-onnx
+  guardstream worker stream --model ./ckpt --device cpu --metrics-port 9401   # a second worker on one host
+  guardstream worker stream --model ./export --worker-instance "$POD_NAME" --redis-url redis://redis:6379/0
+"""
+
+GENERATIVE_DESCRIPTION = """\
+Full-turn rulings: reads guard.in with its own consumer group (--generative-group), assembles each
+message, and when a user or assistant message is complete rules it with Qwen3Guard-Gen (torch);
+one final verdict per message (source 'generative') goes to guard.verdicts, after the stream
+worker's. A new group starts at --gen-start-from (default latest: only conversations sent from
+now on); a known group resumes where it committed. Runs until SIGTERM/SIGINT."""
+
+GENERATIVE_EPILOG = """\
+examples:
+  guardstream worker generative --model ./qwen3guard-gen-0.6b
+  guardstream worker generative --model Qwen/Qwen3Guard-Gen-0.6B --device cuda --gen-max-batch 16
+  guardstream worker generative --model ./gen --gen-start-from earliest   # also rule what guard.in still holds
+"""
+
+
 def register(sub: Any) -> None:
-    p = sub.add_parser("worker", help="run a stream or generative worker (until SIGTERM/SIGINT)")
+    p = sub.add_parser("worker", help="run a stream or generative worker (until SIGTERM/SIGINT)",
+                       description="Run a stream worker (token level, ONNX) or a generative worker "
+                                   "(full turns, Qwen3Guard-Gen) until SIGTERM/SIGINT.")
     kinds = p.add_subparsers(dest="kind", metavar="KIND", required=True)
     stream = kinds.add_parser(
         "stream", help="token-level moderation: guard.in -> Qwen3Guard-Stream (ONNX) -> guard.verdicts",
+        description=STREAM_DESCRIPTION, epilog=STREAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_arguments(stream, _COMMON + _STREAM)
     stream.set_defaults(func=run_stream)
-    gen = kinds.add_parser("generative", help="full-turn rulings with Qwen3Guard-Gen (asynchronous)")
+    gen = kinds.add_parser("generative", help="full-turn rulings with Qwen3Guard-Gen (asynchronous)",
+                           description=GENERATIVE_DESCRIPTION, epilog=GENERATIVE_EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_arguments(gen, _COMMON + _GENERATIVE)
     gen.set_defaults(func=run_generative)
 

@@ -54,6 +54,7 @@ from pipeline.gen.moderator import GenModerator, GenRuling
 from pipeline.gen.render import ModerationRequest
 from pipeline.intake import InputLimits, accept
 from pipeline.logging import configure_logging, get_logger
+from pipeline.ops.ports import start_ops_server
 from pipeline.ops.server import OpsServer
 from pipeline.policy import PolicyBook, load_policy_book
 from pipeline.state.keys import conversation_key
@@ -338,7 +339,8 @@ def build_app(settings: Settings, partitions: int) -> tuple[Any, Any, Any, Any, 
         autodiscover=False,
         topic_replication_factor=settings.replication_factor,
         topic_partitions=partitions,
-        consumer_auto_offset_reset="earliest",
+        # Only for a group without committed offsets (docs/generative.md, "First start").
+        consumer_auto_offset_reset=settings.gen_start_from,
         broker_commit_interval=1.0,
         # Rulings still running at shutdown are replayed after restart (their events are unacked).
         stream_wait_empty=False,
@@ -415,11 +417,29 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     return 1 if crashed else 0
 
 
+# faust, its `mode` library and aiokafka log ~40 INFO lines per start and rebalance.
+NOISY_LOGGERS = ("faust", "mode", "aiokafka")
+
+
+def quiet_libraries(log_level: str) -> None:
+    """Libraries' INFO lines and progress bars only at DEBUG (docs/generative.md, "Quiet logs")."""
+    import logging
+
+    if log_level.upper() == "DEBUG":
+        return
+    for name in NOISY_LOGGERS:
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
+
+
 def run_generative_worker(settings: Settings) -> int:
     """Run the generative worker until SIGTERM/SIGINT; returns the process exit code."""
     configure_logging(settings.log_level)
+    quiet_libraries(settings.log_level)
     metrics = GenMetrics()
-    ops = OpsServer(settings.metrics_port, metrics.registry).start() if settings.metrics_port else None
+    ops = start_ops_server(settings.metrics_port, metrics.registry) if settings.metrics_port else None
     try:
         return asyncio.run(serve(settings, metrics, ops))
     finally:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import redis
+from confluent_kafka import KafkaException
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
@@ -23,6 +24,7 @@ from pipeline.state.store import StateStore
 from pipeline.tokens.files import load_model_tokenizer
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchProcessor
+from workers.stream.startup import fenced_error, is_fenced, wait_for_topics
 from workers.stream.worker import StreamWorker
 
 log = logging.getLogger("guardstream.stream")
@@ -85,9 +87,9 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
     metrics = StreamMetrics()
     ops = None
     if settings.metrics_port:
-        from pipeline.ops.server import OpsServer
+        from pipeline.ops.ports import start_ops_server
 
-        ops = OpsServer(settings.metrics_port, metrics.registry).start()
+        ops = start_ops_server(settings.metrics_port, metrics.registry)
         log.info("ops server listening", extra={"port": ops.port})
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -100,7 +102,14 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         if ops is not None:
             ready_ops = ops
             worker.set_on_subscribed(lambda: ready_ops.set_ready(True))
-        worker.run(stop)
+        if not wait_for_topics(settings, stop):
+            return 0
+        try:
+            worker.run(stop)
+        except KafkaException as exc:
+            if is_fenced(exc):
+                raise fenced_error(settings, worker.name) from None
+            raise
     finally:
         if ops is not None:
             ops.set_ready(False)
