@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -91,3 +92,9 @@ def test_config_never_prints_the_upstream_api_key(monkeypatch: pytest.MonkeyPatc
     assert main(["config"]) == 0
     out = capsys.readouterr().out
     assert "GUARD_GATEWAY_UPSTREAM_API_KEY" in out and "sk-upstream-secret-42" not in out
+
+
+def test_the_command_names_missing_topics_before_serving(settings: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["gateway", "--upstream", "http://127.0.0.1:9/v1", "--kafka-bootstrap", settings.kafka_bootstrap,
+                 "--topic-verdicts", "no.such.topic.gw", "--listen", "127.0.0.1:18999"]) == 2
+    assert "no.such.topic.gw do not exist" in capsys.readouterr().err

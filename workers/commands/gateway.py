@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.config import Settings, add_settings_arguments, settings_from_args
 
 _SETTINGS = ("upstream", "listen", "gateway_mode", "gateway_tenant", "gateway_tenant_header", "gateway_api_keys",
              "gateway_upstream_api_key", "gateway_fail_open_tenants", "policy_file", "default_policy",
@@ -40,6 +40,19 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def require_topics(settings: Settings) -> None:
+    """One clear line when Kafka or the gateway's topics are missing, before the server starts."""
+    from pipeline.errors import UserError
+    from pipeline.kafka.clients import make_admin, require_kafka
+
+    require_kafka(settings)
+    existing = set(make_admin(settings).list_topics(timeout=10).topics)
+    missing = [t for t in (settings.topic_in, settings.topic_verdicts) if t not in existing]
+    if missing:
+        raise UserError(f"topic(s) {', '.join(missing)} do not exist at {settings.kafka_bootstrap}; create them with "
+                        "'guardstream topics' (with the same --topic-in/--topic-verdicts) and start stream workers")
+
+
 def run(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -51,11 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not settings.upstream.startswith(("http://", "https://")):
         raise UserError("--upstream must be the upstream's base URL, e.g. --upstream http://127.0.0.1:8000/v1")
     host, port = parse_listen(settings.listen)
-    from pipeline.stack.probes import kafka_answers
-
-    if not kafka_answers(settings.kafka_config()):
-        raise UserError(f"Kafka at {settings.kafka_bootstrap} is not answering; start it ('guardstream up' locally) "
-                        "or point --kafka-bootstrap at your brokers")
+    require_topics(settings)
     configure_logging(settings.log_level)
     # uvicorn's access log would print request lines; the gateway logs its own structured lines.
     uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
