@@ -186,6 +186,9 @@ class Settings:
         default="", metadata=_opt("Gateway: comma-separated tenants that fail OPEN (unjudged text is passed) when "
                                   "Kafka or the workers do not answer in time; everyone else fails closed", "gateway")
     )
+    gateway_max_requests: int = field(
+        default=1000, metadata=_opt("Gateway: most chat completions in flight at once; more get HTTP 429", "gateway")
+    )
     gateway_verdict_timeout_ms: int = field(
         default=10000,
         metadata=_opt("Gateway: longest wait, ms, for the prompt's verdict and for the reply's final verdict after "

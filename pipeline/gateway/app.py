@@ -14,9 +14,11 @@ import httpx
 from prometheus_client import make_asgi_app
 from sse_starlette.sse import EventSourceResponse
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pipeline.client import GuardClient, Mode
 from pipeline.config import Settings
@@ -248,6 +250,34 @@ def _error(status: int, message: str, code: str) -> JSONResponse:
     return JSONResponse(wire.error(message, code, code), status_code=status)
 
 
+class InFlightLimit:
+    """ASGI middleware: at most ``limit`` chat completions in flight (a streamed one counts until its
+    last byte); more are refused with HTTP 429 at once, so memory and connections stay bounded."""
+
+    def __init__(self, app: ASGIApp, limit: int, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.limit = limit
+        self.metrics = metrics
+        self.in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != "/v1/chat/completions":
+            await self.app(scope, receive, send)
+            return
+        if self.in_flight >= self.limit:
+            self.metrics.requests.labels("unknown", "over_limit").inc()
+            await _error(429, f"more than {self.limit} requests in flight; retry shortly",
+                         "rate_limit_exceeded")(scope, receive, send)
+            return
+        self.in_flight += 1
+        self.metrics.in_flight.set(self.in_flight)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.in_flight -= 1
+            self.metrics.in_flight.set(self.in_flight)
+
+
 def create_app(settings: Settings) -> Starlette:
     gateway = Gateway(settings)
 
@@ -263,4 +293,7 @@ def create_app(settings: Settings) -> Starlette:
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Mount("/metrics", app=make_asgi_app(gateway.metrics.registry)),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[
+        Middleware(InFlightLimit, limit=max(1, settings.gateway_max_requests),
+                   metrics=gateway.metrics),
+    ])

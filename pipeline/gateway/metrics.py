@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -21,6 +21,7 @@ class GatewayMetrics:
         self.fail_open = Counter("guardstream_gateway_fail_open",
                                  "Unjudged text passed because Kafka or the workers did not answer in time "
                                  "(tenants that opted in)", ["stage", "tenant"], registry=r)
+        self.in_flight = Gauge("guardstream_gateway_in_flight", "Chat completions in flight", registry=r)
         self.prompt_seconds = Histogram("guardstream_gateway_prompt_check_seconds",
                                         "Publishing the prompt to its verdict: latency added before the upstream",
                                         buckets=_SECONDS, registry=r)

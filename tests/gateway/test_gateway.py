@@ -252,3 +252,28 @@ def test_a_tenant_that_opted_in_fails_open_and_it_is_counted(settings: Any, serv
     assert metric(url, "guardstream_gateway_fail_open_total", stage="prompt") == 1
     assert metric(url, "guardstream_gateway_fail_open_total", stage="reply") == 1
     assert metric(url, "guardstream_gateway_requests_total", outcome="failed_open") == 1
+
+
+def test_requests_over_the_in_flight_limit_are_refused_at_once(settings: Any, serve: Any) -> None:
+    import threading
+
+    upstream = ScriptedUpstream(SAFE_REPLY)
+    url = serve(upstream, settings, gateway_verdict_timeout_ms=3000, gateway_max_requests=1)
+    body = {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}
+    first: list[int] = []
+    holder = threading.Thread(target=lambda: first.append(
+        httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60).status_code))
+    holder.start()
+    deadline = time.monotonic() + 10
+    while metric(url, "guardstream_gateway_in_flight") < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)   # until the first request holds the only slot
+    second = httpx.post(f"{url}/v1/chat/completions", json=body, timeout=60)
+    holder.join(60)
+    assert second.status_code == 429
+    assert second.json()["error"]["code"] == "rate_limit_exceeded"
+    assert first == [503]   # no workers: the admitted one fails closed
+    assert metric(url, "guardstream_gateway_requests_total", outcome="over_limit") == 1
+    deadline = time.monotonic() + 10
+    while metric(url, "guardstream_gateway_in_flight") != 0 and time.monotonic() < deadline:
+        time.sleep(0.02)   # the slot is given back once the response has been sent
+    assert metric(url, "guardstream_gateway_in_flight") == 0
