@@ -140,6 +140,11 @@ class Settings:
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
     )
+    engine_threads: int = field(
+        default=0,
+        metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
+                      "machine give each cores/N, docs/deploy.md)", "worker"),
+    )
     gen_start_from: str = field(
         default="latest",
         metadata=_opt("Generative worker: where a NEW consumer group starts reading guard.in (latest: only "

@@ -1,4 +1,4 @@
-"""The Qwen3Guard decision rules (model facts §5): prompt argmax, response debounce, offline and online.
+"""The Qwen3Guard decision rules (docs/model.md §5): prompt argmax, response debounce, offline and online.
 
 Prompt: argmax of the query risk head at the user's ``<|im_end|>``; ``token_index`` 0.
 

@@ -1,4 +1,4 @@
-"""Qwen3Guard label maps (model facts §3). Index order matters: risk 0 Safe, 1 Unsafe, 2 Controversial.
+"""Qwen3Guard label maps (docs/model.md §3). Index order matters: risk 0 Safe, 1 Unsafe, 2 Controversial.
 
 Checkpoints may carry their own maps in config.json; :meth:`LabelMaps.from_config` reads them and
 falls back to these defaults.

@@ -1,6 +1,6 @@
 """Offline reference moderation: one full-sequence torch forward per message, no cache, no streaming.
 
-This is the computation the streaming pipeline must reproduce (pipeline spec §3): for message i the
+This is the computation the streaming pipeline must reproduce (docs/token-stream.md): for message i the
 context is ``messages[:i+1]`` rendered by :func:`pipeline.tokens.chat.render_context`, the model runs
 once over the whole context, and the decision rule reads the logits at the message's scored
 positions (user: the query heads at its ``<|im_end|>``; assistant: the response heads at its

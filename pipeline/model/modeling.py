@@ -1,6 +1,6 @@
 """Qwen3Guard-Stream in torch: transformers' ``Qwen3Model`` plus the two guard head pathways.
 
-Built from the checkpoint's config.json without ``trust_remote_code`` (model facts §2). Parameter
+Built from the checkpoint's config.json without ``trust_remote_code`` (docs/model.md §2). Parameter
 names equal the official checkpoint's, so its safetensors load by name. The heads read the backbone
 output after the final norm; each pathway is ``pre`` Linear -> RMSNorm -> two Linear heads, with no
 bias and no activation anywhere. Every position gets all four outputs; the caller reads the pair
@@ -35,7 +35,7 @@ KVCache = Cache
 def backbone_config(config: Mapping[str, Any], attn_implementation: str = "sdpa") -> Qwen3Config:
     """The ``Qwen3Config`` of the backbone from a Stream config.json dict.
 
-    sdpa is the default because the ONNX export relies on it (onnx-notes: native Attention op);
+    sdpa is the default because the ONNX export relies on it (docs/onnx-export.md);
     eager is available for debugging and gives the same numbers up to float rounding.
     """
     fields = {k: v for k, v in config.items() if k not in GUARD_FIELDS and k not in _DTYPE_FIELDS}

@@ -1,4 +1,4 @@
-"""config.json contents of Qwen3Guard-Stream checkpoints, per size (model facts §2).
+"""config.json contents of Qwen3Guard-Stream checkpoints, per size (docs/model.md §2).
 
 ``0.6b``, ``4b`` and ``8b`` follow the released architecture; values the spec marks *uncertain*
 are marked below too, and a real checkpoint's own config.json always wins over these (the loader
@@ -15,7 +15,7 @@ from pipeline.labels import LabelMaps
 ARCHITECTURE = "Qwen3ForGuardModel"
 SIZES: tuple[str, ...] = ("tiny", "0.6b", "4b", "8b")
 
-# Qwen3 special ids (model facts §4); <|endoftext|> doubles as padding in Qwen's tokenizer config.
+# Qwen3 special ids (docs/model.md §4); <|endoftext|> doubles as padding in Qwen's tokenizer config.
 BOS_TOKEN_ID = 151643
 EOS_TOKEN_ID = 151645
 PAD_TOKEN_ID = 151643
@@ -87,7 +87,7 @@ _COMMON: dict[str, Any] = {
     "use_sliding_window": False,
     "sliding_window": None,
     "initializer_range": 0.02,
-    # The release says false; the pipeline ignores it and always uses the KV cache (model facts §2).
+    # The release says false; the pipeline ignores it and always uses the KV cache (docs/model.md §2).
     "use_cache": False,
     "bos_token_id": BOS_TOKEN_ID,
     "eos_token_id": EOS_TOKEN_ID,

@@ -4,12 +4,11 @@
 longest cached common prefix (cropping re-tokenised tails and re-rendered history), prefills on a
 cache miss, and packs the new tokens of all requests into as few padded ORT calls as the token
 and context budgets allow. Causality makes the result independent of chunking and batching up to
-float rounding (model facts §6).
+float rounding (docs/model.md §6).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,11 @@ import numpy as np
 from pipeline.engine.types import FeedRequest, HeadOutputs
 from pipeline.errors import UserError
 from pipeline.onnx import io_names
-from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, empty_cache, plan_call
-from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore
-from pipeline.onnx.layout import MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
-from pipeline.onnx.session import choose_providers, open_session
+from pipeline.onnx.batching import Job, absorb_outputs, build_inputs, plan_call
+from pipeline.onnx.device_kv import WRITER_FILE, DeviceSlabs, device_call
+from pipeline.onnx.kv_cache import ConversationKv, KvCacheStore, KvSlabs
+from pipeline.onnx.layout import KV_LAYOUT, MODEL_FILE, OnnxModelInfo, is_export_dir, read_model_info
+from pipeline.onnx.session import CUDA, choose_providers, open_session
 
 DEFAULT_KV_CACHE_BYTES = 2 * 1024**3
 DEFAULT_MAX_BATCH_TOKENS = 1024
@@ -42,6 +42,8 @@ class OnnxStreamEngine:
         kv_cache_bytes: int = DEFAULT_KV_CACHE_BYTES,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_context: int = DEFAULT_MAX_BATCH_CONTEXT,
+        io_binding: bool | None = None,
+        device_slabs: DeviceSlabs | None = None,
     ) -> None:
         if max_batch_tokens < 1:
             raise ValueError("max_batch_tokens must be at least 1")
@@ -52,7 +54,18 @@ class OnnxStreamEngine:
         self.max_batch_context = max(max_batch_context, max_batch_tokens)
         self.kv_dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
         self.cache = KvCacheStore(kv_cache_bytes)
+        # KV in ONNX Runtime's memory (the GPU under CUDA) when given, else numpy slabs in host memory.
+        self.device_slabs = device_slabs
+        self.slabs: KvSlabs = device_slabs or KvSlabs(info.num_layers, info.num_kv_heads, info.head_dim,
+                                                      self.kv_dtype, slab_bytes_for(kv_cache_bytes),
+                                                      MAX_SLAB_SLOTS)
         self.model_calls = 0  # counts ORT calls; tests and benchmarks read it
+        self.output_names = [output.name for output in session.get_outputs()]
+        on_cuda = CUDA in session.get_providers()[:1]
+        # On a GPU, outputs are bound to device memory and copied back once, together; on the CPU the
+        # plain call already reads numpy inputs where they lie (io_binding=True runs that path there too).
+        self.io_binding = on_cuda if io_binding is None else io_binding
+        self.output_device = "cuda" if on_cuda else "cpu"
 
     @classmethod
     def from_dir(
@@ -65,6 +78,8 @@ class OnnxStreamEngine:
         max_batch_context: int = DEFAULT_MAX_BATCH_CONTEXT,
         threads: int | None = None,
         warmup: bool = True,
+        io_binding: bool | None = None,
+        kv_on_device: bool | None = None,
     ) -> OnnxStreamEngine:
         """Load an export directory written by ``guardstream export``."""
         folder = Path(path)
@@ -72,9 +87,15 @@ class OnnxStreamEngine:
             raise UserError(f"{folder} is not a guardstream ONNX export (needs {MODEL_FILE} and metadata); "
                             "create it with `guardstream export --model CHECKPOINT --out DIR`")
         info = read_model_info(folder)
-        session = open_session(folder / MODEL_FILE, choose_providers(device), threads)
+        if info.kv_layout != KV_LAYOUT:
+            raise UserError(f"{folder} was exported by an older guardstream (KV layout "
+                            f"{info.kv_layout or 'concatenating'!r}, this engine needs {KV_LAYOUT!r}); "
+                            "export it again with `guardstream export --model CHECKPOINT --out NEW_DIR`")
+        providers = choose_providers(device)
+        session = open_session(folder / MODEL_FILE, providers, threads)
+        device_slabs = _device_slabs(folder, info, providers, kv_on_device, kv_cache_bytes)
         engine = cls(session, info, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
-                     max_batch_context=max_batch_context)
+                     max_batch_context=max_batch_context, io_binding=io_binding, device_slabs=device_slabs)
         if warmup:
             engine.warm_up()
         return engine
@@ -97,20 +118,38 @@ class OnnxStreamEngine:
         try:
             active = [job for job in jobs if job.remaining > 0]
             while active:
-                slots = plan_call(active, self.max_batch_tokens, self.max_batch_context)
+                slots = plan_call(_one_slab(active, self.max_batch_context), self.max_batch_tokens,
+                                  self.max_batch_context)
                 feed = build_inputs(slots, self.info.num_layers, self.kv_dtype)
-                outputs = self.session.run(None, feed)
-                self.model_calls += 1
-                absorb_outputs(slots, outputs)
+                if self.device_slabs is not None:
+                    heads = device_call(self.session, self.device_slabs, slots, feed, self.info.num_layers)
+                    self.model_calls += 1
+                    absorb_outputs(slots, heads, write_kv=False)
+                else:
+                    outputs = self._call(feed)
+                    self.model_calls += 1
+                    absorb_outputs(slots, outputs)
                 active = [job for job in active if job.remaining > 0]
         except BaseException:
             # A failed call leaves caches half-advanced: forget them; the next request rebuilds.
             for job in jobs:
                 self.cache.discard(job.key)
+                job.cache.release()
             raise
         for job in jobs:
             results[job.index] = self._collect(job)
             self.cache.put(job.key, job.cache)
+
+    def _call(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if not self.io_binding:
+            return list(self.session.run(None, feed))
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, array)
+        for name in self.output_names:
+            binding.bind_output(name, self.output_device)
+        self.session.run_with_iobinding(binding)
+        return list(binding.copy_outputs_to_cpu())
 
     def _validate(self, request: FeedRequest) -> None:
         total = len(request.token_ids)
@@ -121,15 +160,32 @@ class OnnxStreamEngine:
                              f"{self.info.max_position_embeddings}")
 
     def _start_job(self, index: int, request: FeedRequest) -> Job:
-        cache = self.cache.take(request.key) or self._empty_cache()
+        cached = self.cache.take(request.key)  # not `or`: an empty cache is falsy and holds a slot
+        cache = cached if cached is not None else self._empty_cache()
         # Outputs come only from fed tokens: keep at most `start` cached positions.
         keep = min(cache.common_prefix(request.token_ids), request.start)
         cache.crop(keep)
+        # All the room this request needs, at once: the KV buffers grow (and copy) at most once. On the
+        # device one more: each slot's last position stays free as the scatter's scratch target.
+        cache.reserve(len(request.token_ids) + (self.device_slabs is not None))
         return Job(index=index, key=request.key, token_ids=request.token_ids, start=request.start,
                    cache=cache, position=keep)
 
     def _empty_cache(self) -> ConversationKv:
-        return empty_cache(self.info.num_layers, self.info.num_kv_heads, self.info.head_dim, self.kv_dtype)
+        return self.slabs.new_cache()
+
+    def copy_conversation(self, source: str, target: str) -> None:
+        """Give ``target`` a copy of ``source``'s cache (benchmarks fill many conversations this way)."""
+        original = self.cache.take(source)
+        if original is None:
+            raise KeyError(source)
+        copy = self.slabs.new_cache()
+        copy.reserve(original.capacity)
+        assert copy.slab is not None
+        self.slabs.move(original, copy.slab, copy.slot)
+        copy.token_ids = list(original.token_ids)
+        self.cache.put(source, original)
+        self.cache.put(target, copy)
 
     def _collect(self, job: Job) -> HeadOutputs:
         if job.rows:
@@ -159,7 +215,49 @@ class OnnxStreamEngine:
             shape = (batch, self.info.num_kv_heads, past, self.info.head_dim)
             for name in io_names.past_names(self.info.num_layers):
                 feed[name] = np.zeros(shape, dtype=self.kv_dtype)
-            self.session.run(None, feed)
+            self._call(feed)
+
+
+def _device_slabs(folder: Path, info: OnnxModelInfo, providers: list[str],
+                  kv_on_device: bool | None, kv_cache_bytes: int) -> DeviceSlabs | None:
+    """Device-resident KV slabs: on by default under CUDA; ``kv_on_device=True`` runs them on the CPU too."""
+    on_cuda = providers[0] == CUDA
+    wanted = on_cuda if kv_on_device is None else kv_on_device
+    if not wanted:
+        return None
+    writer = folder / WRITER_FILE
+    if not writer.is_file():
+        raise UserError(f"{folder} has no {WRITER_FILE} (device-resident KV needs it); export it again with "
+                        "`guardstream export --model CHECKPOINT --out NEW_DIR`")
+    dtype = np.dtype(np.float16 if info.precision == "fp16" else np.float32)
+    return DeviceSlabs(str(writer), providers, "cuda" if on_cuda else "cpu", info.num_layers, info.num_kv_heads,
+                       info.head_dim, dtype, slab_bytes_for(kv_cache_bytes), MAX_SLAB_SLOTS)
+
+
+def slab_bytes_for(kv_cache_bytes: int) -> int:
+    """Slab size: big enough for wide batches in one call (a call reads one slab), small enough to allocate.
+
+    Host slabs are zero pages until written; device slabs are allocated whole, one per capacity in use.
+    """
+    return min(8 << 30, max(256 << 20, kv_cache_bytes // 2))
+
+
+MAX_SLAB_SLOTS = 256
+
+
+def _one_slab(active: list[Job], max_batch_context: int) -> list[Job]:
+    """The jobs of the next call: a window of neighbouring slots of the first job's slab.
+
+    A call over a slab reads its slots ``lo..hi`` whole (idle ones included), so the window is cut
+    where its rows x capacity would pass the context budget (at least one job always goes).
+    """
+    slab = active[0].cache.slab
+    if slab is None:
+        return [job for job in active if job.cache.slab is None]
+    mine = sorted((job for job in active if job.cache.slab is slab), key=lambda job: job.cache.slot)
+    first = mine[0].cache.slot
+    window = [job for job in mine if (job.cache.slot - first + 1) * (slab.capacity + 1) <= max_batch_context]
+    return window or mine[:1]
 
 
 def _unique_key_waves(requests: Sequence[FeedRequest]) -> Iterator[list[tuple[int, FeedRequest]]]:
@@ -174,52 +272,3 @@ def _unique_key_waves(requests: Sequence[FeedRequest]) -> Iterator[list[tuple[in
         seen.add(request.key)
     if wave:
         yield wave
-
-
-def open_stream_engine(model: str, settings: Any) -> OnnxStreamEngine:
-    """An engine for ``model``: an export directory, or a checkpoint exported once into a cache dir.
-
-    ``settings`` is ``pipeline.config.Settings`` (device, precision, state_dir, kv_cache_bytes,
-    max_batch_tokens). Exporting needs the torch extra; loading an export does not.
-    """
-    options = {"device": settings.device, "kv_cache_bytes": settings.kv_cache_bytes,
-               "max_batch_tokens": settings.max_batch_tokens}
-    folder = Path(model)
-    if is_export_dir(folder):
-        return OnnxStreamEngine.from_dir(folder, **options)
-    precision = _export_precision(settings.precision, settings.device)
-    cached = Path(settings.state_dir) / "onnx-cache" / _cache_key(model, precision)
-    if not is_export_dir(cached):
-        try:
-            from pipeline.onnx.export import export_stream_model
-        except ImportError as exc:
-            raise UserError(f"{model} is a checkpoint, and exporting it needs torch (pip install "
-                            "'guardstream[torch]'); or pass a directory made by `guardstream export`") from exc
-        try:
-            export_stream_model(model, cached, precision=precision)
-        except UserError:
-            if not is_export_dir(cached):  # another worker may have finished the same export first
-                raise
-    return OnnxStreamEngine.from_dir(cached, **options)
-
-
-def _export_precision(precision: str, device: str) -> str:
-    if precision == "fp32":
-        return "fp32"
-    if precision in ("fp16", "bf16"):
-        return "fp16"  # ORT's bf16 coverage is thin: half precision exports as fp16
-    on_gpu = "CUDAExecutionProvider" in choose_providers(device)
-    return "fp16" if on_gpu else "fp32"
-
-
-def _cache_key(model: str, precision: str) -> str:
-    """Identity of a checkpoint export: path, file sizes and mtimes (not contents: GBs to hash)."""
-    digest = hashlib.sha256(f"{model}|{precision}|v1".encode())
-    folder = Path(model)
-    if folder.is_dir():
-        digest.update(str(folder.resolve()).encode())
-        for path in sorted(folder.iterdir()):
-            if path.is_file():
-                stat = path.stat()
-                digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]

@@ -2,7 +2,7 @@
 
 The directory holds ``model.onnx`` (+ ``model.onnx.data``), ``config.json``, ``labels.json``, the
 tokenizer files and ``guardstream-onnx.json`` (what the engine needs to drive the graph without
-torch). Export follows onnx-notes.md: dynamo exporter, explicit Dims with the past as one nested
+torch). Export follows docs/onnx-export.md: dynamo exporter, explicit Dims with the past as one nested
 tuple, opset 23 with sdpa and grouped KV heads (native ``Attention`` op), example sizes > 1.
 
 Validation before the directory appears: ``onnx.checker`` on the path (works past 2 GB) and a
@@ -13,60 +13,40 @@ fp16, logits are returned as float32 by the engine. ORT 1.32's CPU provider runs
 5e-4 from fp32 torch), so its parity run is checked with a looser bound; if a CPU build lacks an
 fp16 kernel the run is skipped and the reason recorded in ``guardstream-onnx.json``.
 
-transformers 5.17 has no ``TRANSFORMERS_SDPA_FORCE_GQA`` switch (onnx-notes used 5.23): the
+transformers 5.17 has no ``TRANSFORMERS_SDPA_FORCE_GQA`` switch (later releases have it): the
 wrapper registers its own sdpa attention with ``enable_gqa`` for the export instead.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from pipeline.errors import UserError
 from pipeline.onnx import io_names
 from pipeline.onnx.layout import (
     CONFIG_FILE,
+    KV_LAYOUT,
     LABELS_FILE,
     METADATA_FILE,
     MODEL_FILE,
     TOKENIZER_FILE_NAMES,
+    WRITER_FILE,
     OnnxModelInfo,
 )
+from pipeline.onnx.parity import PARITY_TOLERANCE, ExportError, ParityReport, check_parity
 
 PRECISIONS = ("fp32", "fp16")
-# |ORT - torch| allowed in the post-export parity run, relative to max(1, |torch logits|).
-PARITY_TOLERANCE = {"fp32": 1e-3, "fp16": 5e-2}
 # Example sizes for torch.export: never 0 or 1 (they get specialised), past > 0 (notes).
 _EXAMPLE_BATCH, _EXAMPLE_SEQ, _EXAMPLE_PAST = 2, 3, 5
 _MAX_TOKENS = 1 << 16
 
 Progress = Callable[[str], None]
-
-
-class ExportError(UserError):
-    """The export or its validation failed; the message says what differed or what to fix."""
-
-
-@dataclass(frozen=True)
-class ParityReport:
-    max_abs_diff: float
-    tolerance: float
-    argmax_equal: bool
-    skipped: str = ""
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"max_abs_diff": self.max_abs_diff, "tolerance": self.tolerance,
-                "argmax_equal": self.argmax_equal, "skipped": self.skipped}
 
 
 def export_stream_model(
@@ -111,6 +91,7 @@ def export_stream_model(
         _export_graph(stream, work / MODEL_FILE, precision, opset)
         say(f"exported in {time.monotonic() - started:.0f} s; checking the graph")
         _check_graph(work / MODEL_FILE)
+        _write_kv_writer(work / WRITER_FILE, int(config["num_hidden_layers"]), precision)
         info = _write_companions(work, source, config, precision, opset, model)
         _write_metadata(work, info, ParityReport(float("nan"), PARITY_TOLERANCE[precision], False, "pending"))
         say("parity run: ONNX incremental vs torch full sequence")
@@ -133,7 +114,7 @@ def export_stream_model(
 def _export_graph(stream: Any, path: Path, precision: str, opset: int) -> None:
     import torch
 
-    from pipeline.onnx.wrapper import ExportableStream, gqa_attention
+    from pipeline.onnx.wrapper import ExportableStream
 
     dtype = torch.float16 if precision == "fp16" else torch.float32
     stream = stream.to(dtype)
@@ -155,13 +136,11 @@ def _export_graph(stream: Any, path: Path, precision: str, opset: int) -> None:
         "input_ids": {0: batch, 1: seq},
         "attention_mask": {0: batch, 1: total},
         "position_ids": {0: batch, 1: seq},
-        "past": tuple({0: batch, 2: past} for _ in range(2 * layers)),  # one nested tuple (notes)
+        "past": tuple({0: batch, 2: past} for _ in range(2 * layers)),  # one nested tuple (docs/onnx-export.md)
     }
     wrapper = ExportableStream(stream).eval()
-    # Kept for transformers versions that read it (onnx-notes); our own GQA attention does the same.
-    os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
     try:
-        with gqa_attention(stream), torch.no_grad():
+        with torch.no_grad():
             torch.onnx.export(
                 wrapper, example, str(path), dynamo=True, opset_version=opset,
                 dynamic_shapes=dynamic_shapes,
@@ -172,6 +151,32 @@ def _export_graph(stream: Any, path: Path, precision: str, opset: int) -> None:
         raise ExportError(f"torch.onnx.export failed: {type(exc).__name__}: {exc}") from exc
     finally:
         stream.to(torch.float32)
+
+
+def _write_kv_writer(path: Path, layers: int, precision: str) -> None:
+    """The scatter graph of device-resident KV: ``slab_out.j = ScatterND(slab.j, indices, update.j)``.
+
+    Bound with input and output on one buffer, ONNX Runtime writes only the scattered positions.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from pipeline.onnx.device_kv import writer_input_names, writer_output_names
+
+    element = TensorProto.FLOAT16 if precision == "fp16" else TensorProto.FLOAT
+    count = 2 * layers
+    slab_dims, update_dims = ["slots", "kv_heads", "capacity", "head_dim"], ["rows", "kv_heads", "width", "head_dim"]
+    inputs = [helper.make_tensor_value_info(name, element, slab_dims) for name in writer_input_names(count)[:count]]
+    inputs.append(helper.make_tensor_value_info("indices", TensorProto.INT64, ["rows", "kv_heads", "width", 3]))
+    inputs += [helper.make_tensor_value_info(name, element, update_dims)
+               for name in writer_input_names(count)[count + 1:]]
+    outputs = [helper.make_tensor_value_info(name, element, slab_dims) for name in writer_output_names(count)]
+    nodes = [helper.make_node("ScatterND", [f"slab.{j}", "indices", f"update.{j}"], [f"slab_out.{j}"])
+             for j in range(count)]
+    graph = helper.make_graph(nodes, "guardstream_kv_writer", inputs, outputs)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def _check_graph(path: Path) -> None:
@@ -216,6 +221,7 @@ def _write_companions(
         source_checkpoint=str(source.resolve()) if source.exists() else model,
         tool_versions=_tool_versions(),
         tokenizer_files=tuple(tokenizer_files),
+        kv_layout=KV_LAYOUT,
     )
 
 
@@ -233,55 +239,3 @@ def _tool_versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "absent"
     return versions
-
-
-def check_parity(export_dir: Path, stream: Any, precision: str) -> ParityReport:
-    """Two batched incremental steps of the ORT engine vs one torch forward per sequence.
-
-    Sequences of different lengths in one batch exercise padding of new tokens and of the past;
-    the second step continues from the cache. Raises ExportError with the max diff on mismatch.
-    """
-    import torch
-
-    from pipeline.engine.types import FeedRequest
-    from pipeline.onnx.engine import OnnxStreamEngine
-
-    tolerance = PARITY_TOLERANCE[precision]
-    vocab = int(stream.model.config.vocab_size)
-    rng = np.random.default_rng(7)
-    full = [rng.integers(0, vocab, size=n).tolist() for n in (9, 6)]
-    steps = [[seq[: len(seq) - 3] for seq in full], full]
-    try:
-        engine = OnnxStreamEngine.from_dir(export_dir, device="cpu", warmup=False)
-        got: list[list[np.ndarray]] = [[], []]
-        for step in steps:
-            starts = [len(got[i][0]) if got[i] else 0 for i in range(2)]
-            results = engine.run([FeedRequest(f"parity-{i}", ids, starts[i]) for i, ids in enumerate(step)])
-            for i, result in enumerate(results):
-                rows = list(_as_tuple(result))
-                got[i] = rows if not got[i] else [np.concatenate([a, b]) for a, b in zip(got[i], rows, strict=True)]
-    except Exception as exc:
-        if precision == "fp16" and "NOT_IMPLEMENTED" in str(exc):
-            return ParityReport(float("nan"), tolerance, False, skipped=f"ORT CPU lacks an fp16 kernel: {exc}")
-        raise ExportError(f"the exported graph failed to run in onnxruntime: {exc}") from exc
-    worst, argmax_equal = 0.0, True
-    with torch.no_grad():
-        for i, seq in enumerate(full):
-            reference = stream(torch.tensor([seq]))
-            expected = [t[0].float().numpy() for t in (reference.risk_level_logits, reference.category_logits,
-                                                       reference.query_risk_level_logits,
-                                                       reference.query_category_logits)]
-            for want, have in zip(expected, got[i], strict=True):
-                scale = max(1.0, float(np.abs(want).max()))
-                worst = max(worst, float(np.abs(want - have).max()) / scale)
-                argmax_equal &= bool((want.argmax(-1) == have.argmax(-1)).all())
-    if not worst <= tolerance:
-        raise ExportError(
-            f"parity failed: ONNX {precision} differs from torch by max |diff| {worst:.3e} "
-            f"(tolerance {tolerance:.0e}); the export is not usable"
-        )
-    return ParityReport(worst, tolerance, argmax_equal)
-
-
-def _as_tuple(result: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    return (result.risk_logits, result.category_logits, result.query_risk_logits, result.query_category_logits)

@@ -13,6 +13,11 @@ MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
 LABELS_FILE = "labels.json"
 METADATA_FILE = "guardstream-onnx.json"
+# The small graph that scatters new keys/values into device-resident KV slabs (pipeline/onnx/device_kv.py).
+WRITER_FILE = "kv_writer.onnx"
+# The graph's KV contract (docs/onnx-export.md): past inputs are fixed-capacity buffers with a key
+# mask, outputs are only the new tokens' keys and values. Exports without it use an older contract.
+KV_LAYOUT = "buffer-in-place-v1"
 TOKENIZER_FILE_NAMES: tuple[str, ...] = (
     "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
     "special_tokens_map.json", "added_tokens.json", "generation_config.json",
@@ -36,6 +41,7 @@ class OnnxModelInfo:
     source_checkpoint: str
     tool_versions: dict[str, str] = field(default_factory=dict)
     tokenizer_files: tuple[str, ...] = ()
+    kv_layout: str = ""
 
     @property
     def kv_bytes_per_token(self) -> int:
@@ -56,6 +62,14 @@ class OnnxModelInfo:
 
 def is_export_dir(path: Path) -> bool:
     return (path / MODEL_FILE).is_file() and (path / METADATA_FILE).is_file()
+
+
+def has_current_layout(export_dir: Path) -> bool:
+    """An export this version's engine can drive (an older one must be exported again)."""
+    try:
+        return is_export_dir(export_dir) and read_model_info(export_dir).kv_layout == KV_LAYOUT
+    except UserError:
+        return False
 
 
 def read_model_info(export_dir: Path) -> OnnxModelInfo:

@@ -36,6 +36,21 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* pip packages (onnxruntime-gpu's cuda/cudnn extras) if present.
+
+    Without it a machine that got CUDA only from pip (no system CUDA) fails to create the CUDA
+    provider; with system libraries this finds them as before. Failures leave the normal search.
+    """
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # best effort: the provider's own error is clearer if it still fails
+        return
+
+
 def open_session(model_path: Path, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
     options = ort.SessionOptions()
     # One model call at a time per engine: all cores go to intra-op parallelism of that call.
@@ -44,6 +59,8 @@ def open_session(model_path: Path, providers: list[str], threads: int | None = N
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    if CUDA in providers:
+        preload_cuda_libraries()
     try:
         return ort.InferenceSession(str(model_path), sess_options=options, providers=providers)
     except Exception as exc:  # ORT raises its own exception types; the path is what the user can fix

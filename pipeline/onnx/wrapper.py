@@ -1,9 +1,10 @@
-"""The torch module that is exported: backbone + heads with the past KV as explicit tensors.
+"""The torch module that is exported: backbone + heads, reading a preallocated KV buffer in place.
 
-ONNX needs plain tensors in and out, so the transformers ``DynamicCache`` is rebuilt from the past
-tensors inside ``forward`` and its grown contents are returned as the presents. The 4-D additive
-mask is built here from the 2-D key mask, so callers of the graph only pass ``[B, P+S]`` ones and
-zeros: padding may sit anywhere in the past and after the real new tokens.
+ONNX needs plain tensors in and out, so each layer's past keys and values come in as explicit
+tensors (the conversation's fixed-capacity buffer) and only the new tokens' keys and values go out.
+Attention is computed against the buffer and the new tokens separately and merged in one softmax,
+so the graph never concatenates the whole past (docs/onnx-export.md). The 4-D additive mask is
+built here from the 2-D key mask, so callers of the graph only pass ``[B, C+S]`` ones and zeros.
 """
 
 from __future__ import annotations
@@ -14,47 +15,17 @@ from typing import Any
 
 import torch
 from torch import nn
-from transformers import AttentionInterface, DynamicCache
-
-GQA_ATTENTION = "guardstream_sdpa_gqa"
-
-
-def _sdpa_gqa_attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float = 0.0,
-    scaling: float | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    # transformers' own sdpa repeats K/V to all query heads whenever a mask is given; with
-    # enable_gqa the exporter emits ONNX's Attention op with grouped KV heads (no Expand per step).
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling,
-        enable_gqa=query.shape[1] != key.shape[1],
-    )
-    return out.transpose(1, 2).contiguous(), None
-
-
-@contextmanager
-def gqa_attention(stream: Any) -> Iterator[None]:
-    """Run ``stream``'s backbone with the GQA sdpa attention for the duration of the block."""
-    AttentionInterface.register(GQA_ATTENTION, _sdpa_gqa_attention)
-    config: Any = stream.model.config
-    previous = config._attn_implementation
-    config._attn_implementation = GQA_ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = previous
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 
 class ExportableStream(nn.Module):
-    """forward(input_ids [B,S], attention_mask [B,P+S], position_ids [B,S], *past) -> (4 logits, *presents).
+    """forward(input_ids [B,S], attention_mask [B,C+S], position_ids [B,S], *past) -> (4 logits, *new K/V).
 
-    ``past`` is flat: key0, value0, key1, value1, ... each ``[B, kv_heads, P, head_dim]``.
+    ``past`` is flat: key0, value0, key1, value1, ... each ``[B, kv_heads, C, head_dim]``: the
+    conversation's preallocated KV buffer of capacity C, of which the key mask says which
+    positions hold real tokens. The outputs after the logits are only the new tokens' keys and
+    values ``[B, kv_heads, S, head_dim]``; the engine writes them into the buffer itself. No
+    Concat of past and new: attention reads the past where it lies (docs/onnx-export.md).
     """
 
     stream: Any  # Qwen3GuardStream: .model (Qwen3Model) and .heads(hidden)
@@ -73,25 +44,82 @@ class ExportableStream(nn.Module):
         *past: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         backbone: Any = self.stream.model
-        cache = DynamicCache(config=backbone.config)
-        for layer in range(self.num_layers):
-            cache.update(past[2 * layer], past[2 * layer + 1], layer)
         dtype = backbone.embed_tokens.weight.dtype
         additive = additive_mask(attention_mask, input_ids.shape[1], dtype)
-        out = backbone(
-            input_ids=input_ids,
-            attention_mask={"full_attention": additive},
-            position_ids=position_ids,
-            past_key_values=cache,
-            use_cache=True,
-        )
+        new_kv: list[torch.Tensor] = []
+        with split_past_attention(self.stream, past, new_kv):
+            out = backbone(
+                input_ids=input_ids,
+                attention_mask={"full_attention": additive},
+                position_ids=position_ids,
+                past_key_values=None,
+                use_cache=False,
+            )
         logits = self.stream.heads(out.last_hidden_state)
-        presents: list[torch.Tensor] = []
-        for layer in range(self.num_layers):
-            filled: Any = cache.layers[layer]
-            presents.append(filled.keys)
-            presents.append(filled.values)
-        return (*logits, *presents)
+        return (*logits, *new_kv)
+
+
+SPLIT_ATTENTION = "guardstream_split_past"
+
+
+@contextmanager
+def split_past_attention(stream: Any, past: tuple[torch.Tensor, ...], new_kv: list[torch.Tensor]) -> Iterator[None]:
+    """Attention over (past buffer, new tokens) without joining them; records the new K/V per layer."""
+
+    def attention(
+        module: nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float = 0.0,
+        scaling: float | None = None,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, None]:
+        layer = int(getattr(module, "layer_idx", 0))
+        new_kv.extend((key, value))
+        out = split_attention(query, past[2 * layer], past[2 * layer + 1], key, value, attention_mask, scaling)
+        return out, None
+
+    # A local entry of transformers' attention table, removed again: nothing stays registered.
+    ALL_ATTENTION_FUNCTIONS[SPLIT_ATTENTION] = attention
+    config: Any = stream.model.config
+    previous = config._attn_implementation
+    config._attn_implementation = SPLIT_ATTENTION
+    try:
+        yield
+    finally:
+        config._attn_implementation = previous
+        del ALL_ATTENTION_FUNCTIONS[SPLIT_ATTENTION]
+
+
+def split_attention(
+    query: torch.Tensor,
+    past_key: torch.Tensor,
+    past_value: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float | None,
+) -> torch.Tensor:
+    """softmax(q [past|new]^T + mask) [past|new] computed as two products, returned as [B, S, Hq, D].
+
+    Query heads are grouped by KV head (head h reads KV head h // G, as transformers' repeat_kv
+    does), so a reshape gives [B, Hkv, G*S, D] and K/V are never repeated or copied. Only the
+    scores (G*S x (C+S), far smaller than the KV) are joined for the softmax.
+    """
+    batch, q_heads, new, dim = query.shape
+    kv_heads, capacity = past_key.shape[1], past_key.shape[2]
+    groups = q_heads // kv_heads
+    scale = scaling if scaling is not None else dim ** -0.5
+    q = (query * scale).reshape(batch, kv_heads, groups * new, dim)
+    scores = torch.cat([torch.matmul(q, past_key.transpose(-1, -2)), torch.matmul(q, key.transpose(-1, -2))], dim=-1)
+    scores = scores.reshape(batch, kv_heads, groups, new, -1)
+    if mask is not None:
+        scores = scores + mask.unsqueeze(1)  # [B, 1, S, C+S] -> broadcast over KV heads and groups
+    probs = torch.softmax(scores.float(), dim=-1).to(query.dtype).reshape(batch, kv_heads, groups * new, -1)
+    out = torch.matmul(probs[..., :capacity], past_value) + torch.matmul(probs[..., capacity:], value)
+    return out.reshape(batch, q_heads, new, dim).transpose(1, 2).contiguous()
 
 
 def additive_mask(key_mask: torch.Tensor, new_tokens: int | torch.SymInt, dtype: torch.dtype) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""Scoring one conversation's TokenDeltas into Verdicts (pipeline.md §3), engine-agnostic.
+"""Scoring one conversation's TokenDeltas into Verdicts (docs/token-stream.md), engine-agnostic.
 
 The caller (stream worker, ``moderate --engine onnx``, tests) drives it:
 ``apply`` each delta, then ``pending`` -> engine -> ``absorb`` until ``pending`` is None, and

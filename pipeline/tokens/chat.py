@@ -1,4 +1,4 @@
-"""guardstream's token stream: a conversation rendered as the Qwen3 chat template renders it (model facts §4).
+"""guardstream's token stream: a conversation rendered as the Qwen3 chat template renders it (docs/model.md §4).
 
 Each message is ``<|im_start|>{role}\\n`` + body + ``<|im_end|>\\n``. Template pieces are tokenized
 with special tokens parsed; message text (content, reasoning) is tokenized separately as plain

@@ -7,7 +7,9 @@ from workers.bench.e2e import TINY_LOAD_P99_NOTE, LevelResult, render_report
 
 def _result(mode: str, n: int, p99: float) -> LevelResult:
     return LevelResult(mode=mode, conversations=n, deltas=100, tokens_scored=120, seconds=5.0, deltas_per_s=20.0,
-                       tokens_per_s=24.0, offered_tokens_per_s=20.0, latency_p50_ms=30.0, latency_p99_ms=p99,
+                       tokens_per_s=24.0, offered_tokens_per_s=20.0, offered_deltas_per_s=20.0,
+                       generated_deltas_per_s=20.0, generator_lag_p50_ms=1.0, generator_lag_p99_ms=2.0,
+                       latency_p50_ms=30.0, latency_p99_ms=p99,
                        final_latency_p50_ms=30.0, final_latency_p99_ms=p99, finals_expected=2, finals_seen=2,
                        completed=True)
 

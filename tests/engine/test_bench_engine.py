@@ -36,6 +36,22 @@ def test_bench_reports_a_missing_model(tmp_path: Path, capsys: pytest.CaptureFix
     assert "does not exist" in capsys.readouterr().err
 
 
+def test_processes_option_writes_the_aggregate_throughput_per_process_count(
+    tiny_onnx_dir: Path, tmp_path: Path,
+) -> None:
+    from workers.cli import main
+
+    out = tmp_path / "processes"
+    args = ["bench", "engine", "--quick", "--model", str(tiny_onnx_dir), "--out", str(out),
+            "--processes", "1,2", "--process-batch", "2", "--process-seconds", "1"]
+    assert main(args) == 0
+    report = json.loads((out / "engine-processes.json").read_text())
+    assert [p["processes"] for p in report["results"]] == [1, 2]
+    assert all(p["tokens_per_s"] > 0 and p["threads_per_process"] >= 1 for p in report["results"])
+    assert (out / "engine-processes.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "--processes 1,2" in report["command"]
+
+
 def test_quick_bench_without_a_model_records_the_tiny_size_it_ran_and_its_run_time(tmp_path: Path) -> None:
     from workers.cli import main
 

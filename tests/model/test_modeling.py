@@ -30,7 +30,7 @@ LAYER_TENSORS = (
 
 def expected_shapes(hidden: int, layers: int, heads: int, kv_heads: int, head_dim: int, ffn: int,
                     inner: int, vocab: int = 151936) -> dict[str, tuple[int, ...]]:
-    """The official tensor layout, written out from the architecture description (model facts §2)."""
+    """The official tensor layout, written out from the architecture description (docs/model.md §2)."""
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (vocab, hidden),
         "model.norm.weight": (hidden,),

@@ -1,4 +1,4 @@
-"""config.json presets follow the model facts (§2 table, §3 label maps, §4 special ids)."""
+"""config.json presets follow docs/model.md (§2 sizes, §3 label maps, §4 special ids)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Qwen3Guard decision rules (model facts §5): prompt argmax, response debounce offline and online."""
+"""The Qwen3Guard decision rules (docs/model.md §5): prompt argmax, response debounce offline and online."""
 
 from __future__ import annotations
 

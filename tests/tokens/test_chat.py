@@ -1,4 +1,4 @@
-"""guardstream's token stream (model facts §4) against the Qwen3 chat template itself."""
+"""guardstream's token stream (docs/model.md §4) against the Qwen3 chat template itself."""
 
 from __future__ import annotations
 

@@ -186,7 +186,7 @@ def _cpu_count() -> int:
 
 def _engine(model: str, settings: Settings) -> tuple[Any, str, str]:
     """(engine, folder with config.json and tokenizer, label)."""
-    from pipeline.onnx.engine import open_stream_engine
+    from pipeline.onnx.loader import open_stream_engine
 
     if model:
         return open_stream_engine(model, settings), model, model
@@ -196,10 +196,11 @@ def _engine(model: str, settings: Settings) -> tuple[Any, str, str]:
 
 def tiny_export_dir(settings: Settings) -> Path:
     """The random tiny checkpoint's fp32 export, made once under the state dir."""
-    from pipeline.onnx.layout import is_export_dir
+    from pipeline.onnx.layout import KV_LAYOUT, has_current_layout
 
-    folder = Path(settings.state_dir) / "bench" / "tiny-random-onnx"
-    if not is_export_dir(folder):
+    # The layout in the name: an export made for an older engine is left alone, a new one is made.
+    folder = Path(settings.state_dir) / "bench" / f"tiny-random-onnx-{KV_LAYOUT}"
+    if not has_current_layout(folder):
         from pipeline.model.checkpoint import init_random_stream
         from pipeline.onnx.export import export_stream_model
 

@@ -32,7 +32,24 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run in seconds")
     parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: all usable cores)")
-    add_settings_arguments(parser, ["state_dir", "device"])
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                        help="Precision of the --size export (default fp32; fp16 is for the CUDA provider)")
+    parser.add_argument("--contexts", default="", metavar="N,N,...",
+                        help="Contexts of the per-token cost curve (default: the plan's; e.g. 256,8000)")
+    parser.add_argument("--batch-sizes", default="", metavar="N,N,...",
+                        help="Batch sizes of the throughput curve (default: the plan's)")
+    parser.add_argument("--repeats", type=int, default=0, help="Timed repeats per case (default: the plan's)")
+    parser.add_argument("--max-batch-context", type=int, default=0,
+                        help="Bound on padded context per engine call (default 8192; raise it for GPU batches)")
+    parser.add_argument("--kv-cache-gib", type=float, default=6.0, help="KV cache budget in GiB (default 6)")
+    parser.add_argument("--processes", default="", metavar="N,N,...",
+                        help="Instead of the curves: aggregate tokens/s of N engine processes on this machine "
+                             "(each its own session, cores/N threads, a batch stepping one token at a time)")
+    parser.add_argument("--process-batch", type=int, default=8, help="--processes: conversations per process")
+    parser.add_argument("--process-seconds", type=float, default=10.0, help="--processes: timed seconds per N")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="Skip the re-run-the-prefix baseline (it dominates the run time at long contexts)")
+    add_settings_arguments(parser, ["state_dir", "device", "max_batch_tokens"])
     parser.set_defaults(func=run)
 
 
@@ -41,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pipeline.config import settings_from_args
     from pipeline.onnx.engine import OnnxStreamEngine
-    from workers.bench.engine_cases import BenchPlan, EngineBench
+    from workers.bench.engine_cases import EngineBench
 
     settings = settings_from_args(args)
     console = Console(stderr=True)
@@ -51,10 +68,17 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"[dim]bench engine[/]: {message}")
 
     export_dir = _export_dir(args, settings, say)
+    if args.processes:
+        OnnxStreamEngine.from_dir(export_dir, device="cpu", warmup=False)  # a bad export fails here, once
+        return _run_processes(args, settings, export_dir, say)
     say(f"loading {export_dir}")
-    engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device, kv_cache_bytes=6 * 1024**3,
-                                       threads=args.threads or None)
-    plan = BenchPlan.quick() if args.quick else BenchPlan.full()
+    from pipeline.onnx.engine import DEFAULT_MAX_BATCH_CONTEXT
+
+    engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device,
+                                       kv_cache_bytes=int(args.kv_cache_gib * 2**30),
+                                       threads=args.threads or None, max_batch_tokens=settings.max_batch_tokens,
+                                       max_batch_context=args.max_batch_context or DEFAULT_MAX_BATCH_CONTEXT)
+    plan = _plan(args)
     started, load_before = time.monotonic(), os.getloadavg()
     result = EngineBench(engine, plan, say).run()
     report = {
@@ -80,6 +104,98 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_processes(args: argparse.Namespace, settings: Any, export_dir: Path, say: Any) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from workers.bench.engine_processes import measure
+
+    counts = _sizes(args.processes, "--processes")
+    context = _plan(args).batch_context
+    say(f"processes {counts}: batch {args.process_batch} at context {context}, {args.process_seconds:g} s each")
+    load_before = os.getloadavg()
+    points = measure(export_dir, counts, args.process_batch, context, args.process_seconds, settings.device)
+    from pipeline.onnx.layout import read_model_info
+
+    report = {
+        "command": "guardstream bench engine " + " ".join(_argv(args)),
+        "machine": machine_description(["(per process)"]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": read_model_info(export_dir).as_dict()["model_name"],
+        "batch": args.process_batch, "context": context, "seconds_per_level": args.process_seconds,
+        "load_average": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+        "results": points,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "engine-processes.json").write_text(json.dumps(report, indent=2) + "\n")
+    table = Table(title=f"Engine processes on one machine (batch {args.process_batch}, context {context})")
+    for column in ("processes", "threads each", "tokens/s (all)", "tokens/s per process"):
+        table.add_column(column, justify="right")
+    lines = [f"Command: `{report['command']}`  ", f"Machine: {report['machine']}  ", "",
+             "| processes | threads each | tokens/s (all) | tokens/s per process |", "|---:|---:|---:|---:|"]
+    for p in points:
+        row = (str(p["processes"]), str(p["threads_per_process"]), f"{p['tokens_per_s']:.1f}",
+               f"{p['tokens_per_s_per_process']:.1f}")
+        table.add_row(*row)
+        lines.append("| " + " | ".join(row) + " |")
+    (args.out / "engine-processes.md").write_text("\n".join(lines) + "\n")
+    _plot_processes(report, args.out / "engine-processes.png")
+    Console().print(table)
+    say(f"wrote engine-processes.json, .md and .png into {args.out}")
+    return 0
+
+
+def _plot_processes(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = report["results"]
+    counts = [p["processes"] for p in points]
+    fig, axis = plt.subplots(figsize=(6, 4))
+    axis.plot(counts, [p["tokens_per_s"] for p in points], "o-", label="all processes")
+    axis.plot(counts, [p["tokens_per_s_per_process"] for p in points], "s--", label="per process")
+    axis.set(xlabel="engine processes on the machine", ylabel="tokens/s",
+             title=f"batch {report['batch']} at context {report['context']}")
+    axis.set_xticks(counts, [str(c) for c in counts])
+    axis.legend()
+    fig.suptitle(f"{report['model']} - {report['machine']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _sizes(text: str, flag: str) -> tuple[int, ...]:
+    from pipeline.errors import UserError
+
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        values = ()
+    if not values or min(values) < 1:
+        raise UserError(f"{flag} {text!r}: give positive integers separated by commas, e.g. {flag} 256,8000")
+    return values
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from workers.bench.engine_cases import BenchPlan
+
+    plan = BenchPlan.quick() if args.quick else BenchPlan.full()
+    changes: dict[str, Any] = {}
+    if args.contexts:
+        changes["contexts"] = _sizes(args.contexts, "--contexts")
+    if args.batch_sizes:
+        changes["batch_sizes"] = _sizes(args.batch_sizes, "--batch-sizes")
+    if args.repeats:
+        changes["repeats"] = max(1, args.repeats)
+    if args.no_baseline:
+        changes["baseline_contexts"] = ()
+    return dataclasses.replace(plan, **changes)
+
+
 def _size(args: argparse.Namespace) -> str:
     """The size of random model a run without --model makes: --quick always runs tiny."""
     return "tiny" if args.quick else str(args.size)
@@ -89,12 +205,29 @@ def _argv(args: argparse.Namespace) -> list[str]:
     parts = [f"--model {args.model}"] if args.model else [f"--size {_size(args)}"]
     if args.quick:
         parts.append("--quick")
+    if args.precision != "fp32" and not args.model:
+        parts.append(f"--precision {args.precision}")
+    for flag, value in (("--contexts", args.contexts), ("--batch-sizes", args.batch_sizes),
+                        ("--repeats", args.repeats or "")):
+        if value:
+            parts.append(f"{flag} {value}")
+    if args.no_baseline:
+        parts.append("--no-baseline")
+    if args.processes:
+        parts.append(f"--processes {args.processes} --process-batch {args.process_batch} "
+                     f"--process-seconds {args.process_seconds:g}")
+    if args.max_batch_context:
+        parts.append(f"--max-batch-context {args.max_batch_context}")
+    if args.max_batch_tokens:
+        parts.append(f"--max-batch-tokens {args.max_batch_tokens}")
+    if args.device:
+        parts.append(f"--device {args.device}")
     return parts
 
 
 def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
     from pipeline.errors import UserError
-    from pipeline.onnx.layout import is_export_dir
+    from pipeline.onnx.layout import KV_LAYOUT, has_current_layout, is_export_dir
 
     if args.model:
         folder = Path(args.model)
@@ -104,8 +237,8 @@ def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
             raise UserError(f"--model {folder} does not exist; pass an export dir, a checkpoint dir, or use --size")
     size = _size(args)
     root = Path(settings.state_dir) / "bench-models"
-    export_dir = root / f"{size}-onnx-fp32"
-    if is_export_dir(export_dir):
+    export_dir = root / f"{size}-onnx-{args.precision}-{KV_LAYOUT}"
+    if has_current_layout(export_dir):
         return export_dir
     try:
         from pipeline.model.checkpoint import init_random_stream
@@ -116,7 +249,7 @@ def _export_dir(args: argparse.Namespace, settings: Any, say: Any) -> Path:
     if not args.model and not (checkpoint / "config.json").is_file():
         say(f"making a random {size} checkpoint in {checkpoint}")
         init_random_stream(checkpoint, size, seed=0)
-    return export_stream_model(str(checkpoint), export_dir, progress=say)
+    return export_stream_model(str(checkpoint), export_dir, precision=args.precision, progress=say)
 
 
 def machine_description(providers: list[str]) -> str:

@@ -16,7 +16,6 @@ import numpy as np
 
 from pipeline.engine.types import FeedRequest
 from pipeline.onnx.engine import OnnxStreamEngine
-from pipeline.onnx.kv_cache import ConversationKv
 
 
 @dataclass(frozen=True)
@@ -54,8 +53,10 @@ class ContextPoint:
 @dataclass
 class ThroughputPoint:
     size: int            # batch size or chunk size
-    tokens_per_s: float
-    ms_per_call: float
+    tokens_per_s: float  # from the fastest repeat
+    ms_per_call: float   # the fastest repeat
+    p50_ms: float | None = None  # median and 99th percentile of the repeats (per-step latency)
+    p99_ms: float | None = None
 
 
 @dataclass
@@ -149,10 +150,8 @@ class EngineBench:
         """Give every key the same cached context (copies of one prefill: compute does not depend on ids)."""
         context = self.plan.batch_context
         self.engine.run([FeedRequest(keys[0], self.ids[:context], context)])
-        template = self.engine.cache.take(keys[0])
-        assert template is not None
-        for key in keys:
-            self.engine.cache.put(key, ConversationKv(list(template.token_ids), [t.copy() for t in template.tensors]))
+        for key in keys[1:]:
+            self.engine.copy_conversation(keys[0], key)
 
     def batch_curve(self) -> list[ThroughputPoint]:
         points, context = [], self.plan.batch_context
@@ -167,7 +166,8 @@ class EngineBench:
             for key in keys:
                 self.engine.evict(key)
             seconds = _best(calls)
-            points.append(ThroughputPoint(size, size / seconds, 1000 * seconds))
+            p50, p99 = (1000 * float(np.percentile(calls, q)) for q in (50, 99))
+            points.append(ThroughputPoint(size, size / seconds, 1000 * seconds, p50, p99))
             self.say(f"batch {size}: {size / seconds:.1f} tokens/s")
         return points
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gateway")
+SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gpu", "gateway")
 
 
 def register(sub: Any) -> None:

@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
             model, _ = load_stream_model(str(folder), dtype=settings.precision, device=settings.device)
             engine: Any = ReferenceEngine(model, model_name)
         else:
-            from pipeline.onnx.engine import open_stream_engine
+            from pipeline.onnx.loader import open_stream_engine
 
             engine = open_stream_engine(str(folder), settings)
         chunker, unit = _chunker(args, text)

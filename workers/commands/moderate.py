@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
                 verdicts += moderator.moderate(conversation, now_ms=args.clock_ms)
                 bar.advance(task)
         else:
-            from pipeline.onnx.engine import open_stream_engine
+            from pipeline.onnx.loader import open_stream_engine
             from pipeline.replay import Replayer, offline_finals
 
             engine = open_stream_engine(str(folder), settings)

@@ -16,7 +16,7 @@ _COMMON = (
 _STREAM = (
     "redis_url", "state_ttl_s", "stream_group", "worker_instance", "max_batch_tokens", "max_batch_wait_ms",
     "max_inflight_deltas",
-    "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes",
+    "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes", "engine_threads",
 )
 _GENERATIVE = (
     "generative_group", "gen_max_batch", "gen_concurrency", "gen_threads", "max_batch_wait_ms", "max_text_bytes",

@@ -32,12 +32,13 @@ def prepare_model(state_dir: Path, say: Callable[[str], None]) -> DemoModel:
     """An ONNX export for the worker, made once and reused by later demo runs."""
     from pipeline.errors import UserError
     from pipeline.onnx.export import export_stream_model
-    from pipeline.onnx.layout import is_export_dir
+    from pipeline.onnx.layout import KV_LAYOUT, has_current_layout
 
     root = state_dir / "demo"
+    # The KV layout in the names: an export made for an older engine is left alone, a new one is made.
     if hub_reachable():
-        export_dir = root / "qwen3guard-stream-0.6b-onnx"
-        if is_export_dir(export_dir):
+        export_dir = root / f"qwen3guard-stream-0.6b-onnx-{KV_LAYOUT}"
+        if has_current_layout(export_dir):
             return DemoModel(export_dir, HUB_MODEL, True)
         say(f"downloading {HUB_MODEL} and exporting it to ONNX (first run only, a few minutes)")
         try:
@@ -45,8 +46,8 @@ def prepare_model(state_dir: Path, say: Callable[[str], None]) -> DemoModel:
             return DemoModel(export_dir, HUB_MODEL, True)
         except UserError as exc:
             say(f"could not use {HUB_MODEL} ({exc}); falling back to a random tiny model")
-    export_dir = root / "tiny-random-onnx"
-    if not is_export_dir(export_dir):
+    export_dir = root / f"tiny-random-onnx-{KV_LAYOUT}"
+    if not has_current_layout(export_dir):
         from pipeline.model.checkpoint import init_random_stream
 
         say("the Hugging Face hub is unreachable: making a random tiny checkpoint (UNTRAINED) and exporting it")

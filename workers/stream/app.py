@@ -62,7 +62,7 @@ def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None)
     if not settings.model:
         raise UserError("no model given: pass --model DIR (a checkpoint or an ONNX export) or set GUARD_MODEL")
     if engine is None:
-        from pipeline.onnx.engine import open_stream_engine
+        from pipeline.onnx.loader import open_stream_engine
 
         engine = open_stream_engine(settings.model, settings)
     labels, tokenizer = load_labels_and_tokenizer(settings.model)

@@ -1,7 +1,7 @@
 """The official approach as an engine, for baselines: every token re-runs the whole prefix, batch 1.
 
 QwenLM/Qwen3Guard's ``stream_moderate_from_ids`` re-feeds the growing sequence for each new
-token (model facts §6). Wrapping the real engine this way keeps everything else identical
+token (docs/model.md §6). Wrapping the real engine this way keeps everything else identical
 (topics, worker, scoring), so a benchmark compares only the inference strategy.
 """
 
