@@ -21,6 +21,14 @@ from pipeline.gateway.upstream import UpstreamError, UpstreamReply, stream_text
 from schemas.messages import Role, Verdict
 
 _POLL_S = 0.1
+# Longest text in one delta: 4096 characters are at most 16 KiB of UTF-8, well under the workers'
+# per-delta limit (max_text_bytes, default 64 KiB), so a long message is never refused for its size.
+MAX_DELTA_CHARS = 4096
+
+
+def pieces(text: str, size: int = MAX_DELTA_CHARS) -> list[str]:
+    """``text`` cut into deltas of at most ``size`` characters (at least one piece, maybe empty)."""
+    return [text[i:i + size] for i in range(0, len(text), size)] or [""]
 
 
 class GuardUnavailable(Exception):
@@ -91,7 +99,10 @@ async def judge_prompt(guard: GuardClient, conversation_id: str, tenant: str | N
             msg = guard.message(conversation_id, role, tenant=tenant)
             if i == last_user:
                 gate = msg
-            await asyncio.wait_for(msg.finish(text, wait_ack=i == last_user), limits.verdict_timeout_s)
+            *head, tail = pieces(text)
+            for piece in head:
+                await msg.write(piece)
+            await asyncio.wait_for(msg.finish(tail, wait_ack=i == last_user), limits.verdict_timeout_s)
         if gate is None:
             return None
         verdict = await gate.final(limits.verdict_timeout_s)
@@ -125,7 +136,8 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
             if size > limits.max_reply_bytes:
                 truncated = True   # bounded buffer: stop the model rather than hold more
                 return
-            await msg.write(text)
+            for piece in pieces(text):
+                await msg.write(piece)
 
     task = asyncio.create_task(pump(), name=f"upstream-{conversation_id}")
     final_due: float | None = None

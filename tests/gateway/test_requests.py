@@ -98,3 +98,13 @@ def test_the_command_names_missing_topics_before_serving(settings: Any, capsys: 
     assert main(["gateway", "--upstream", "http://127.0.0.1:9/v1", "--kafka-bootstrap", settings.kafka_bootstrap,
                  "--topic-verdicts", "no.such.topic.gw", "--listen", "127.0.0.1:18999"]) == 2
     assert "no.such.topic.gw do not exist" in capsys.readouterr().err
+
+
+def test_long_text_is_cut_into_deltas_under_the_workers_size_limit() -> None:
+    from pipeline.gateway.completion import MAX_DELTA_CHARS, pieces
+
+    text = "é🙂a" * 5000
+    cut = pieces(text)
+    assert "".join(cut) == text and len(cut) == 4
+    assert all(len(p.encode("utf-8")) <= 4 * MAX_DELTA_CHARS <= 65536 // 4 for p in cut)
+    assert pieces("") == [""] and pieces("abc") == ["abc"]
