@@ -72,6 +72,7 @@ class ScriptedUpstream:
 
     chunks: list[str]
     delay_s: float = 0.02
+    status: int = 200             # anything else: answer with an OpenAI error body and this status
     usage: dict[str, int] = field(default_factory=lambda: {"prompt_tokens": 7, "completion_tokens": 11,
                                                            "total_tokens": 18})
     calls: list[UpstreamCall] = field(default_factory=list)
@@ -81,9 +82,12 @@ class ScriptedUpstream:
             return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model", "created": 0,
                                                              "owned_by": "tests"}]})
 
-        async def completions(request: Request) -> EventSourceResponse:
+        async def completions(request: Request) -> EventSourceResponse | JSONResponse:
             call = UpstreamCall(await request.json(), request.headers.get("authorization"))
             self.calls.append(call)
+            if self.status != 200:
+                return JSONResponse({"error": {"message": "scripted failure", "type": "test", "code": None}},
+                                    status_code=self.status)
             return EventSourceResponse(self._events(call))
 
         return Starlette(routes=[Route("/v1/models", models), Route("/v1/chat/completions", completions,

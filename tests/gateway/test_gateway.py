@@ -277,3 +277,14 @@ def test_requests_over_the_in_flight_limit_are_refused_at_once(settings: Any, se
     while metric(url, "guardstream_gateway_in_flight") != 0 and time.monotonic() < deadline:
         time.sleep(0.02)   # the slot is given back once the response has been sent
     assert metric(url, "guardstream_gateway_in_flight") == 0
+
+
+def test_upstream_errors_reach_the_client_as_openai_errors(guarded_stack: GuardedStack, serve: Any) -> None:
+    messages: Any = [{"role": "user", "content": guarded_stack.allowed_prompt}]
+    url = serve(ScriptedUpstream(SAFE_REPLY, status=429), guarded_stack.settings, gateway_tenant="open")
+    with pytest.raises(openai.RateLimitError):
+        client(url).chat.completions.create(model="scripted", messages=messages)
+    url = serve(ScriptedUpstream(SAFE_REPLY, status=500), guarded_stack.settings, gateway_tenant="open")
+    with pytest.raises(openai.APIError, match="upstream answered HTTP 500"):
+        list(client(url).chat.completions.create(model="scripted", messages=messages, stream=True))
+    assert metric(url, "guardstream_gateway_requests_total", outcome="upstream_error", stream="true") == 1
