@@ -288,3 +288,39 @@ def test_upstream_errors_reach_the_client_as_openai_errors(guarded_stack: Guarde
     with pytest.raises(openai.APIError, match="upstream answered HTTP 500"):
         list(client(url).chat.completions.create(model="scripted", messages=messages, stream=True))
     assert metric(url, "guardstream_gateway_requests_total", outcome="upstream_error", stream="true") == 1
+
+
+def test_a_worker_lost_mid_reply_fails_closed_without_releasing_unjudged_text(
+    guarded_stack: GuardedStack, settings: Any, serve: Any, tiny_onnx_dir: Any, tmp_path: Any
+) -> None:
+    from tests.worker.harness import WorkerProcess, worker_settings
+
+    own = settings.replace(policy_file=guarded_stack.settings.policy_file)
+    worker = WorkerProcess(worker_settings(own, tiny_onnx_dir), tmp_path, "doomed").start()
+    try:
+        worker.wait_for_log("partitions assigned")
+        upstream = ScriptedUpstream(LONG_REPLY[:120], delay_s=0.03)
+        url = serve(upstream, own, gateway_tenant="open", gateway_verdict_timeout_ms=3000)
+        import threading
+
+        def kill_once_the_reply_streams() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline and not (upstream.calls and upstream.calls[0].sent_chunks >= 10):
+                time.sleep(0.01)
+            worker.kill()
+
+        killer = threading.Thread(target=kill_once_the_reply_streams)
+        killer.start()
+        shown: list[str] = []
+        messages: Any = [{"role": "user", "content": guarded_stack.allowed_prompt}]
+        with (pytest.raises(openai.APIError, match="failing closed"),
+              client(url).chat.completions.create(model="scripted", stream=True, messages=messages) as stream):
+            for chunk in stream:
+                shown.extend(c.delta.content or "" for c in chunk.choices)
+        killer.join(60)
+        assert "".join(LONG_REPLY[:120]).startswith("".join(shown))
+        assert len("".join(shown)) < len("".join(LONG_REPLY[:120]))   # the unjudged rest was withheld
+        assert metric(url, "guardstream_gateway_fail_closed_total", stage="reply") == 1
+    finally:
+        if worker.alive():
+            worker.kill()
