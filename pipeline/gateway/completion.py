@@ -148,14 +148,14 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                 error = task.exception()
                 if error is not None:
                     raise _as_upstream_error(error)
+                upstream_done = time.monotonic()
+                final_due = upstream_done + limits.verdict_timeout_s
                 try:
                     await asyncio.wait_for(msg.finish(wait_ack=True), limits.verdict_timeout_s)
                 except TimeoutError:
                     if not fail_open:
                         raise GuardUnavailable("Kafka did not accept the reply in time") from None
-                    final_due = 0.0   # already late
-                upstream_done = time.monotonic()
-                final_due = upstream_done + limits.verdict_timeout_s
+                    final_due = 0.0   # already late: no verdict can follow a delta Kafka did not take
             try:
                 event = await asyncio.wait_for(msg.events.get(), _POLL_S)
             except TimeoutError:
