@@ -140,6 +140,17 @@ class Settings:
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
     )
+    fault_retry_s: int = field(
+        default=120,
+        metadata=_opt("Stream worker: how long a failing Kafka, Redis or model engine is retried (nothing is "
+                      "committed meanwhile) before the worker exits with code 75", "worker"),
+    )
+    redis_allow_eviction: bool = field(
+        default=False,
+        metadata=_opt("Stream worker: start even when Redis' maxmemory-policy may evict keys (evicted "
+                      "conversation state is lost without notice); the default refuses anything but noeviction",
+                      "worker"),
+    )
     engine_threads: int = field(
         default=0,
         metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
@@ -211,6 +222,13 @@ class Settings:
     metrics_port: int = field(
         default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")
     )
+    health_grace_s: int = field(
+        default=30, metadata=_opt("/healthz fails once Kafka, Redis or the model engine has failed this long", "ops")
+    )
+    health_stall_s: int = field(
+        default=120,
+        metadata=_opt("/healthz fails when the worker loop has made no progress this long with work in hand", "ops"),
+    )
     log_level: str = field(
         default="INFO", metadata=_opt("Log level", "ops", ["DEBUG", "INFO", "WARNING", "ERROR"])
     )
@@ -261,6 +279,15 @@ def env_var(name: str) -> str:
 
 def cli_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """GUARD_* variables that make load_settings() in a child process return ``settings``."""
+    env = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[env_var(f.name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env
 
 
 def settings_fields() -> tuple[dataclasses.Field[Any], ...]:

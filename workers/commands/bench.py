@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gpu", "gateway")
+SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gpu", "gateway", "soak")
 
 
 def register(sub: Any) -> None:
