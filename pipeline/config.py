@@ -140,6 +140,17 @@ class Settings:
     kv_cache_bytes: int = field(
         default=2 * 1024**3, metadata=_opt("Byte budget of the in-worker KV cache (LRU)", "worker")
     )
+    fault_retry_s: int = field(
+        default=120,
+        metadata=_opt("Stream worker: how long a failing Kafka, Redis or model engine is retried (nothing is "
+                      "committed meanwhile) before the worker exits with code 75", "worker"),
+    )
+    redis_allow_eviction: bool = field(
+        default=False,
+        metadata=_opt("Stream worker: start even when Redis' maxmemory-policy may evict keys (evicted "
+                      "conversation state is lost without notice); the default refuses anything but noeviction",
+                      "worker"),
+    )
     engine_threads: int = field(
         default=0,
         metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
@@ -178,9 +189,63 @@ class Settings:
         metadata=_opt("Generative worker: a conversation without deltas for this many seconds is dropped "
                       "(its unfinished messages are logged and counted)", "worker"),
     )
+    # --- gateway (docs/gateway.md) ----------------------------------------------------------
+    upstream: str = field(
+        default="", metadata=_opt("Gateway: base URL of the OpenAI-compatible upstream, e.g. http://127.0.0.1:8000/v1",
+                                  "gateway")
+    )
+    listen: str = field(default="127.0.0.1:8080", metadata=_opt("Gateway: address to serve on, HOST:PORT", "gateway"))
+    gateway_mode: str = field(
+        default="guarded",
+        metadata=_opt("Gateway: guarded releases only text the guard has cleared; optimistic streams replies at "
+                      "once and retracts on a block (streaming requests only)", "gateway", ["guarded", "optimistic"]),
+    )
+    gateway_tenant: str = field(
+        default="", metadata=_opt("Gateway: tenant of its conversations (selects the policy; empty: default)",
+                                  "gateway")
+    )
+    gateway_tenant_header: str = field(
+        default="", metadata=_opt("Gateway: trusted request header naming the tenant, e.g. X-Guardstream-Tenant "
+                                  "(empty: off)", "gateway")
+    )
+    gateway_api_keys: str = field(
+        default="", metadata=_opt("Gateway: YAML/JSON file mapping API keys to tenants; set, every request needs "
+                                  "a listed key (empty: no key check)", "gateway")
+    )
+    gateway_upstream_api_key: str = field(
+        default="", metadata=_opt("Gateway: API key sent to the upstream (empty: the client's Authorization "
+                                  "header, or none with --gateway-api-keys)", "gateway")
+    )
+    gateway_fail_open_tenants: str = field(
+        default="", metadata=_opt("Gateway: comma-separated tenants that fail OPEN (unjudged text is passed) when "
+                                  "Kafka or the workers do not answer in time; everyone else fails closed", "gateway")
+    )
+    gateway_max_requests: int = field(
+        default=1000, metadata=_opt("Gateway: most chat completions in flight at once; more get HTTP 429", "gateway")
+    )
+    gateway_verdict_timeout_ms: int = field(
+        default=10000,
+        metadata=_opt("Gateway: longest wait, ms, for the prompt's verdict and for the reply's final verdict after "
+                      "the upstream's end; later: fail closed (503)", "gateway"),
+    )
+    gateway_upstream_timeout_ms: int = field(
+        default=60000, metadata=_opt("Gateway: connect/read timeout towards the upstream, milliseconds", "gateway")
+    )
+    gateway_max_reply_bytes: int = field(
+        default=1024 * 1024,
+        metadata=_opt("Gateway: largest reply held for judging; past it the upstream is stopped (finish 'length')",
+                      "gateway"),
+    )
     # --- operations ----------------------------------------------------------------------
     metrics_port: int = field(
         default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")
+    )
+    health_grace_s: int = field(
+        default=30, metadata=_opt("/healthz fails once Kafka, Redis or the model engine has failed this long", "ops")
+    )
+    health_stall_s: int = field(
+        default=120,
+        metadata=_opt("/healthz fails when the worker loop has made no progress this long with work in hand", "ops"),
     )
     log_level: str = field(
         default="INFO", metadata=_opt("Log level", "ops", ["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -232,6 +297,15 @@ def env_var(name: str) -> str:
 
 def cli_flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def settings_environment(settings: Settings) -> dict[str, str]:
+    """GUARD_* variables that make load_settings() in a child process return ``settings``."""
+    env = {}
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        env[env_var(f.name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return env
 
 
 def settings_fields() -> tuple[dataclasses.Field[Any], ...]:

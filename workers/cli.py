@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "dlq",        # dlq list|show|republish
     "smoke",
     "demo",
+    "gateway",    # OpenAI-compatible guarded endpoint
     "bench",
     "config",
 )

@@ -169,6 +169,15 @@ class GuardClient:
         await self._publish(delta, True)
         self.forget(conversation_id)
 
+    def end_soon(self, conversation_id: str, *, tenant: str | None = None) -> None:
+        """Like :meth:`end` without waiting for the broker's acknowledgement: for cleanup paths
+        (a request cancelled mid-way) that must not block."""
+        if self._publisher is None:
+            raise RuntimeError("GuardClient.start() (or 'async with') first")
+        self._publisher.publish(TokenDelta(conversation_id=conversation_id, type="end",
+                                           tenant=tenant or self.tenant, ts_ms=_now_ms()))
+        self.forget(conversation_id)
+
     def forget(self, conversation_id: str) -> None:
         """Stop following a conversation's verdicts (after its last final verdict)."""
         if self._follower is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry
 
@@ -10,10 +11,12 @@ from pipeline.errors import UserError
 from pipeline.ops.server import OpsServer
 
 
-def start_ops_server(port: int, registry: CollectorRegistry) -> OpsServer:
+def start_ops_server(port: int, registry: CollectorRegistry,
+                     alive_check: Callable[[], tuple[bool, str]] | None = None,
+                     ready_check: Callable[[], tuple[bool, str]] | None = None) -> OpsServer:
     """The started server; a port in use (a second worker on one host) is a UserError naming the flag."""
     try:
-        return OpsServer(port, registry).start()
+        return OpsServer(port, registry, alive_check=alive_check, ready_check=ready_check).start()
     except OSError as exc:
         if exc.errno != errno.EADDRINUSE:
             raise

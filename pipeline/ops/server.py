@@ -1,8 +1,13 @@
-"""The operations endpoint of every worker: /metrics (Prometheus), /healthz (alive), /readyz (model loaded)."""
+"""The operations endpoint of every worker: /metrics (Prometheus), /healthz (alive), /readyz (ready).
+
+A worker either flips the two flags (``set_alive``/``set_ready``) or hands in checks that answer
+``(ok, reason)`` on each probe; the reason is the response body, so ``curl /healthz`` says why.
+"""
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -16,8 +21,12 @@ READY_PATH = "/readyz"
 class OpsServer:
     """Serves a private registry so that two workers in one process (tests) never share metrics."""
 
-    def __init__(self, port: int, registry: CollectorRegistry, host: str = "0.0.0.0") -> None:
+    def __init__(self, port: int, registry: CollectorRegistry, host: str = "0.0.0.0",
+                 alive_check: Callable[[], tuple[bool, str]] | None = None,
+                 ready_check: Callable[[], tuple[bool, str]] | None = None) -> None:
         self.registry = registry
+        self._alive_check = alive_check
+        self._ready_check = ready_check
         self._ready = threading.Event()
         self._alive = threading.Event()
         self._alive.set()
@@ -28,11 +37,11 @@ class OpsServer:
                 if self.path == METRICS_PATH:
                     self._reply(200, generate_latest(server_self.registry), CONTENT_TYPE_LATEST)
                 elif self.path == HEALTH_PATH:
-                    ok = server_self._alive.is_set()
-                    self._reply(200 if ok else 503, b"ok\n" if ok else b"unhealthy\n")
+                    ok, why = server_self.alive()
+                    self._reply(200 if ok else 503, f"{why}\n".encode())
                 elif self.path == READY_PATH:
-                    ok = server_self._ready.is_set()
-                    self._reply(200 if ok else 503, b"ready\n" if ok else b"not ready\n")
+                    ok, why = server_self.ready()
+                    self._reply(200 if ok else 503, f"{why}\n".encode())
                 else:
                     self._reply(404, b"not found\n")
 
@@ -57,6 +66,16 @@ class OpsServer:
     def start(self) -> OpsServer:
         self._thread.start()
         return self
+
+    def alive(self) -> tuple[bool, str]:
+        if not self._alive.is_set():
+            return False, "unhealthy"
+        return self._alive_check() if self._alive_check is not None else (True, "ok")
+
+    def ready(self) -> tuple[bool, str]:
+        if not self._ready.is_set():
+            return False, "not ready"
+        return self._ready_check() if self._ready_check is not None else (True, "ready")
 
     def set_ready(self, ready: bool) -> None:
         (self._ready.set if ready else self._ready.clear)()

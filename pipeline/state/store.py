@@ -208,6 +208,10 @@ class StateStore:
             if int(r) != _WRITTEN
         ]
 
+    def ping(self) -> None:
+        """Raises a redis error when Redis does not answer (no retry: for health probes)."""
+        self._redis.ping()
+
     def held_index(self, topic: str, partition: int) -> dict[str, bytes]:
         """The partition's conversations that hold out-of-order deltas: conversation key -> reference."""
         key = held_index_key(self._group, topic, partition)

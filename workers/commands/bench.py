@@ -1,11 +1,11 @@
-"""``guardstream bench engine|e2e|gen|tokenizer|worker|gpu``: benchmark suites, baseline in the same run."""
+"""``guardstream bench SUITE``: the benchmark suites, each with its baseline in the same run."""
 
 from __future__ import annotations
 
 import importlib
 from typing import Any
 
-SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gpu")
+SUITES = ("engine", "e2e", "gen", "tokenizer", "worker", "gpu", "gateway", "soak")
 
 
 def register(sub: Any) -> None:

@@ -20,7 +20,7 @@ from pipeline.errors import UserError
 TABLE_MARKERS = re.compile(r"(<!-- settings-table:start -->\n).*?(<!-- settings-table:end -->)", re.S)
 MASK = "***"
 # Words that make a setting (or a kafka_extra key) a secret whose value is never printed.
-SECRET_WORDS = ("password", "secret", "token", "credential")
+SECRET_WORDS = ("password", "secret", "token", "credential", "api_key")
 URL_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://", re.I)
 
 EPILOG = """\

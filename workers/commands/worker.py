@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.config import add_settings_arguments, settings_environment, settings_from_args
 
 _COMMON = (
     "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
@@ -17,6 +19,7 @@ _STREAM = (
     "redis_url", "state_ttl_s", "stream_group", "worker_instance", "max_batch_tokens", "max_batch_wait_ms",
     "max_inflight_deltas",
     "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes", "engine_threads",
+    "fault_retry_s", "redis_allow_eviction", "health_grace_s", "health_stall_s",
 )
 _GENERATIVE = (
     "generative_group", "gen_max_batch", "gen_concurrency", "gen_threads", "max_batch_wait_ms", "max_text_bytes",
@@ -64,6 +67,12 @@ def register(sub: Any) -> None:
         description=STREAM_DESCRIPTION, epilog=STREAM_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_settings_arguments(stream, _COMMON + _STREAM)
+    stream.add_argument(
+        "--restart", action="store_true",
+        help="supervise: run the worker as a child process and restart it (with back-off) whenever it exits "
+             "with code 75 (a dependency kept failing); SIGTERM/SIGINT are forwarded. For hosts without "
+             "Kubernetes or systemd",
+    )
     stream.set_defaults(func=run_stream)
     gen = kinds.add_parser("generative", help="full-turn rulings with Qwen3Guard-Gen (asynchronous)",
                            description=GENERATIVE_DESCRIPTION, epilog=GENERATIVE_EPILOG,
@@ -73,6 +82,14 @@ def register(sub: Any) -> None:
 
 
 def run_stream(args: argparse.Namespace) -> int:
+    if getattr(args, "restart", False):
+        from pipeline.logging import configure_logging
+        from workers.stream.supervisor import supervise
+
+        settings = settings_from_args(args)
+        configure_logging(settings.log_level)
+        # The child reads the very settings this command resolved (flags included) from GUARD_* variables.
+        return supervise([sys.executable, "-m", "workers.stream"], env={**os.environ, **settings_environment(settings)})
     from workers.stream.app import run_stream_worker
 
     return run_stream_worker(settings_from_args(args))

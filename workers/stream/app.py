@@ -22,10 +22,19 @@ from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
 from pipeline.state.store import StateStore
 from pipeline.tokens.files import load_model_tokenizer
+from workers.stream.health import WorkerHealth
 from workers.stream.metrics import StreamMetrics
 from workers.stream.processing import BatchProcessor
-from workers.stream.startup import fenced_error, is_fenced, wait_for_topics
-from workers.stream.worker import StreamWorker
+from workers.stream.startup import (
+    DependencyUnavailable,
+    check_eviction_policy,
+    fenced_error,
+    is_fenced,
+    wait_for_kafka,
+    wait_for_redis,
+    wait_for_topics,
+)
+from workers.stream.worker import EXIT_DEPENDENCY, StreamWorker
 
 log = logging.getLogger("guardstream.stream")
 
@@ -55,12 +64,24 @@ def load_labels_and_tokenizer(model: str) -> tuple[LabelMaps, Any]:
     return read_label_maps(folder), load_model_tokenizer(folder)
 
 
-def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None) -> StreamWorker:
-    """Everything but the Kafka clients, which the worker opens in run()."""
+def build_worker(
+    settings: Settings, metrics: StreamMetrics, engine: Any = None, health: WorkerHealth | None = None,
+    startup_wait_s: float | None = None,
+) -> StreamWorker:
+    """Everything but the Kafka clients, which the worker opens in run().
+
+    Waits up to ``startup_wait_s`` (default: ``health_grace_s``) for Redis and Kafka to answer.
+    """
     from pipeline.scoring.scorer import Scorer
 
     if not settings.model:
         raise UserError("no model given: pass --model DIR (a checkpoint or an ONNX export) or set GUARD_MODEL")
+    # Short socket timeouts: a Redis that stops answering is a fault the loop retries, never a hang.
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5.0, socket_connect_timeout=2.0)
+    wait_s = float(settings.health_grace_s if startup_wait_s is None else startup_wait_s)
+    wait_for_redis(client, settings, wait_s)
+    check_eviction_policy(client, settings)
+    wait_for_kafka(settings, wait_s)
     if engine is None:
         from pipeline.onnx.loader import open_stream_engine
 
@@ -72,24 +93,30 @@ def build_worker(settings: Settings, metrics: StreamMetrics, engine: Any = None)
         progress_every_tokens=settings.progress_every_tokens, max_context_tokens=settings.max_context_tokens,
         max_held_deltas=settings.max_held_deltas, max_held_bytes=settings.max_held_bytes,
     )
-    client = redis.Redis.from_url(settings.redis_url)
-    store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis)
+    # outage_limit_s=0: the worker's loop does the retrying (with back-off, health, and SIGTERM checks).
+    store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis, outage_limit_s=0)
     name = worker_name(settings)
     processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms,
                                InputLimits.of(settings))
-    return StreamWorker(settings, processor, store, metrics, name)
+    return StreamWorker(settings, processor, store, metrics, name, health=health)
 
 
 def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -> int:
-    """Run until SIGTERM/SIGINT (or ``stop``); the current batch is finished and committed first."""
+    """Run until SIGTERM/SIGINT (or ``stop``); the current batch is finished and committed first.
+
+    Returns 0 after a stop, EXIT_DEPENDENCY (75) when Kafka, Redis or the engine kept failing or
+    did not answer at startup: a supervisor should restart the worker then (docs/deploy.md).
+    """
     configure_logging(settings.log_level)
     stop = stop or threading.Event()
     metrics = StreamMetrics()
+    health = WorkerHealth(settings.health_stall_s, settings.health_grace_s)
     ops = None
     if settings.metrics_port:
         from pipeline.ops.ports import start_ops_server
 
-        ops = start_ops_server(settings.metrics_port, metrics.registry)
+        ops = start_ops_server(settings.metrics_port, metrics.registry, alive_check=health.alive,
+                               ready_check=health.ready)
         log.info("ops server listening", extra={"port": ops.port})
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,7 +124,11 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         # `kill -USR1 <pid>` prints every thread's stack to stderr: how to see where a worker hangs.
         faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        worker = build_worker(settings, metrics)
+        try:
+            worker = build_worker(settings, metrics, health=health)
+        except DependencyUnavailable as exc:
+            log.error(str(exc), extra={"exit_code": EXIT_DEPENDENCY})
+            return EXIT_DEPENDENCY
         log.info("model loaded", extra={"model": worker.processor.engine.model_name, "worker": worker.name})
         if ops is not None:
             ready_ops = ops
@@ -105,7 +136,7 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         if not wait_for_topics(settings, stop):
             return 0
         try:
-            worker.run(stop)
+            return worker.run(stop)
         except KafkaException as exc:
             if is_fenced(exc):
                 raise fenced_error(settings, worker.name) from None
@@ -114,4 +145,3 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         if ops is not None:
             ops.set_ready(False)
             ops.stop()
-    return 0

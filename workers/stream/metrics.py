@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -37,8 +39,15 @@ class StreamMetrics:
                                          buckets=_LATENCY_BUCKETS, registry=r)
         self.redis_seconds = Histogram("guardstream_stream_redis_seconds", "Redis round trips", ["op"],
                                        buckets=_REDIS_BUCKETS, registry=r)
-        self.consumer_lag = Gauge("guardstream_stream_consumer_lag", "Messages behind the partition end",
+        self.consumer_lag = Gauge("guardstream_stream_consumer_lag",
+                                  "Input records after this worker's last committed offset, per owned partition",
                                   ["topic", "partition"], registry=r)
+        self.recovering_partitions = Gauge("guardstream_stream_recovering_partitions",
+                                           "Assigned partitions paused while their Redis state is rebuilt",
+                                           registry=r)
+        self.faults = Counter("guardstream_stream_dependency_faults",
+                              "Failed attempts at a step because a dependency failed (retried, never DLQ'd)",
+                              ["dependency"], registry=r)
         self.assigned_partitions = Gauge("guardstream_stream_assigned_partitions", "Input partitions owned",
                                          registry=r)
         self.kv_cache_lookups = Counter("guardstream_stream_kv_cache_lookups",
@@ -61,15 +70,36 @@ class StreamMetrics:
         if isinstance(used, int | float):
             self.kv_cache_bytes.set(used)
 
-    def observe_kafka_stats(self, stats_json: str) -> None:
-        """librdkafka statistics callback: consumer lag per partition."""
-        try:
-            stats = json.loads(stats_json)
-        except ValueError:
-            return
-        for topic, tdata in (stats.get("topics") or {}).items():
-            for part, pdata in (tdata.get("partitions") or {}).items():
-                lag = pdata.get("consumer_lag")
-                if part == "-1" or lag is None or lag < 0 or pdata.get("fetch_state") == "none":
-                    continue
-                self.consumer_lag.labels(topic=topic, partition=part).set(lag)
+    def observe_lag(self, stats: dict[str, Any], committed: Mapping[tuple[str, int], int]) -> None:
+        """Lag per owned partition: its end (the last stable offset: what a read-committed reader can
+        see) minus the offset this worker committed in its last transaction. librdkafka's own
+        ``consumer_lag`` counts from offsets stored in the consumer, which a transactional worker
+        never stores, so it would report lag forever."""
+        for (topic, partition), offset in committed.items():
+            pdata = ((stats.get("topics") or {}).get(topic, {}).get("partitions") or {}).get(str(partition))
+            if not pdata:
+                continue
+            end = pdata.get("ls_offset", -1)
+            if not isinstance(end, int) or end < 0:
+                end = pdata.get("hi_offset", -1)
+            if isinstance(end, int) and end >= 0:
+                self.consumer_lag.labels(topic=topic, partition=str(partition)).set(max(0, end - offset))
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(topic, str(partition))
+
+
+def parse_kafka_stats(stats_json: str) -> dict[str, Any] | None:
+    try:
+        stats = json.loads(stats_json)
+    except ValueError:
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def brokers_up(stats: dict[str, Any]) -> bool:
+    """Whether librdkafka holds a live connection to at least one real broker (not the bootstrap alias)."""
+    brokers = stats.get("brokers") or {}
+    return any(isinstance(b, dict) and b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
+               for b in brokers.values())

@@ -28,6 +28,7 @@ from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, Source
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
 from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict
+from workers.stream.engine_guard import EngineFailure, engine_answers
 from workers.stream.records import InputRecord
 
 log = logging.getLogger("guardstream.stream")
@@ -289,7 +290,10 @@ class BatchProcessor:
             out.cache_hits += sum(1 for _, request in ready if request.key in cache)
         try:
             return list(self.engine.run([r for _, r in ready]))
-        except Exception:
+        except Exception as exc:
+            if not engine_answers(self.engine):
+                # Broken engine, not bad input: nothing of this batch may be dead-lettered.
+                raise EngineFailure(f"the model engine fails even on a probe request: {exc!r}"[:500]) from exc
             if len(ready) == 1:
                 conv, _ = ready[0]
                 log.exception("engine failed", extra={"conversation_key": conv.key})

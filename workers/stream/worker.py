@@ -5,6 +5,12 @@ verdicts, the DLQ records and the consumed offsets (KIP-447: fenced by the consu
 generation), and only after it commits are the changed states written to Redis, fenced by the
 partition watermarks. See docs/guarantees.md for why this gives "no verdict lost, none
 contradictory" under crashes, rebalances and broker or Redis restarts.
+
+Faults that are not the input's (Kafka, Redis, the model engine) are never dead-lettered: the
+step that met one is retried with back-off, nothing is committed meanwhile, and past
+``fault_retry_s`` the worker exits with EXIT_DEPENDENCY for its supervisor to restart it.
+Newly assigned partitions are paused and recovered by the loop in bounded steps, so a long
+replay never holds up the partitions the worker already serves.
 """
 
 from __future__ import annotations
@@ -15,28 +21,60 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, encode_fitting, reason_class
-from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.clients import RateLimitedLog, make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
 from schemas.messages import DlqRecord, encode
-from workers.stream.metrics import StreamMetrics
+from workers.stream.engine_guard import EngineFailure
+from workers.stream.health import ENGINE, KAFKA, REDIS, WorkerHealth
+from workers.stream.metrics import StreamMetrics, brokers_up, parse_kafka_stats
 from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
 from workers.stream.records import InputRecord, record_time_ms
-from workers.stream.recovery import recover_partition
+from workers.stream.recovery import REPLAY_STEP_RECORDS, PartitionRecovery, RecoveryError, recover_partition
 
 log = logging.getLogger("guardstream.stream")
+# Lines a dependency outage repeats (every retry, every reconnect): once per interval.
+faults_log = RateLimitedLog(logging.getLogger("guardstream.stream.faults"), interval_s=10.0)
+T = TypeVar("T")
 
-_TXN_TIMEOUT_S = 30.0
+EXIT_DEPENDENCY = 75  # EX_TEMPFAIL: a dependency kept failing; the supervisor should restart the worker
+# What a worker cannot blame on its input. A Redis "OOM command not allowed" or "READONLY" reply is
+# a ResponseError: Redis refused the write, the input did nothing wrong.
+# StaleState escapes only from a replay (Redis lost writes under it): the replay starts over.
+_FAULTS: tuple[type[BaseException], ...] = (redis.RedisError, KafkaException, EngineFailure, RecoveryError,
+                                            StaleState)
+
+
+class WorkerExit(Exception):
+    """Leave the loop with this exit code (nothing of the current step is committed)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+def fault_dependency(exc: BaseException) -> str:
+    if isinstance(exc, redis.RedisError | StaleState):
+        return REDIS
+    if isinstance(exc, EngineFailure):
+        return ENGINE
+    return KAFKA
+
+# Per transactional call; a call that fails is settled with a fresh producer (see _settle_uncertain).
+_TXN_TIMEOUT_S = 10.0
 # A crashed worker's open transaction blocks reads of the group's committed offsets (KIP-447: they
 # are "unstable") until the broker aborts it at this timeout; keep it short, batches commit in far less.
 _TXN_ABORT_AFTER_MS = 10_000
 _MAX_TRACKED_PER_PARTITION = 100_000
 _REPORT_EVERY_S = 30.0
+_REDIS_PROBE_EVERY_S = 2.0
+_MAX_BACKOFF_S = 5.0
 
 
 def now_ms() -> int:
@@ -79,54 +117,50 @@ class StreamWorker:
         metrics: StreamMetrics,
         name: str,
         on_subscribed: Callable[[], None] = lambda: None,
+        health: WorkerHealth | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
         self.store = store
         self.metrics = metrics
         self.name = name
+        self.health = health or WorkerHealth(settings.health_stall_s, settings.health_grace_s)
         self._on_subscribed = on_subscribed
         self._own = _Ownership()
+        self._recovering: dict[PartitionId, _Recovering] = {}
+        self.recovery_step_records = REPLAY_STEP_RECORDS
+        self._committed: dict[PartitionId, int] = {}   # next offset to read, as committed by this worker
         self._batch_deltas = max(1, min(settings.max_inflight_deltas, settings.max_batch_tokens))
         self._sweep_every_ms = max(250, settings.gap_timeout_ms // 4)
         self._next_sweep_ms = 0
+        self._next_redis_probe = 0.0
+        self._stop = threading.Event()
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
+        self._renew_producer = False
+        self._retired: list[Producer] = []
         self._dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
 
     @property
     def owned_partitions(self) -> list[PartitionId]:
         return sorted(self._own.watermarks)
 
+    @property
+    def recovering_partitions(self) -> list[PartitionId]:
+        return sorted(self._recovering)
+
     def set_on_subscribed(self, callback: Callable[[], None]) -> None:
         """Called once the worker has joined its group (the ops server turns ready then)."""
         self._on_subscribed = callback
 
     # ------------------------------------------------------------------------------------
-    def run(self, stop: threading.Event) -> None:
-        s = self.settings
-        # Every DLQ record is cut to what the producer and the DLQ topic accept (pipeline.dlq); a
-        # batch of them must fit the topic too, so batches are no larger than one record may be.
-        self._dlq_max_bytes = dlq_max_bytes(s)
-        self._producer = make_producer(s, transactional_id=self.name, **{
-            "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
-            "batch.size": min(1_000_000, self._dlq_max_bytes),
-        })
-        self._producer.init_transactions(_TXN_TIMEOUT_S)
-        consumer_overrides: dict[str, Any] = {
-            "partition.assignment.strategy": "cooperative-sticky",
-            "enable.auto.offset.store": False,
-            # Bounded prefetch: with the synchronous loop this bounds the worker's in-flight input.
-            "queued.max.messages.kbytes": 16384,
-            "statistics.interval.ms": 5000,
-            "stats_cb": self.metrics.observe_kafka_stats,
-        }
-        self._consumer = make_consumer(s, s.stream_group, **consumer_overrides)
-        self._consumer.subscribe([s.topic_in], on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_lost)
-        self._on_subscribed()
-        log.info("stream worker consuming", extra={"topic": s.topic_in, "group": s.stream_group, "worker": self.name})
+    def run(self, stop: threading.Event) -> int:
+        """Serve until ``stop``; returns the exit code (0, or EXIT_DEPENDENCY after a persistent fault)."""
+        self._stop = stop
         try:
+            self._open()
+            log.info("stream worker consuming", extra={
+                "topic": self.settings.topic_in, "group": self.settings.stream_group, "worker": self.name})
             next_report = time.monotonic() + _REPORT_EVERY_S
             handled = 0
             while not stop.is_set():
@@ -134,27 +168,155 @@ class StreamWorker:
                 if time.monotonic() >= next_report:
                     next_report = time.monotonic() + _REPORT_EVERY_S
                     log.info("stream worker progress", extra={
-                        "deltas": handled, "partitions": len(self._own.watermarks), "held": len(self._own.held)})
+                        "deltas": handled, "partitions": len(self._own.watermarks),
+                        "recovering": len(self._recovering), "held": len(self._own.held)})
                     handled = 0
+            return 0
+        except WorkerExit as exc:
+            if exc.code:
+                log.error("stream worker exiting", extra={"reason": str(exc), "exit_code": exc.code})
+            else:
+                log.info("stream worker stopping", extra={"reason": str(exc)})
+            return exc.code
         finally:
+            self.health.subscribed(False)
             self._close()
 
+    def _open(self) -> None:
+        s = self.settings
+        # Every DLQ record is cut to what the producer and the DLQ topic accept (pipeline.dlq); a
+        # batch of them must fit the topic too, so batches are no larger than one record may be.
+        self._dlq_max_bytes = dlq_max_bytes(s)
+        self._open_producer()
+        consumer_overrides: dict[str, Any] = {
+            "partition.assignment.strategy": "cooperative-sticky",
+            "enable.auto.offset.store": False,
+            # Bounded prefetch: with the synchronous loop this bounds the worker's in-flight input.
+            "queued.max.messages.kbytes": 16384,
+            "statistics.interval.ms": 5000,
+            "stats_cb": self._kafka_stats,
+            "error_cb": self._kafka_error,
+        }
+        self._consumer = make_consumer(s, s.stream_group, **consumer_overrides)
+        self._consumer.subscribe([s.topic_in], on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_lost)
+        self.health.subscribed(True)
+        self._on_subscribed()
+
+    def _open_producer(self) -> None:
+        producer = make_producer(self.settings, transactional_id=self.name, **{
+            "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
+            "batch.size": min(1_000_000, self._dlq_max_bytes),
+            "error_cb": self._kafka_error,
+        })
+        self._producer = producer
+        # With our transactional.id this also fences (aborts) what a predecessor left open.
+        self._retry("init_transactions", lambda: self._watched(
+            "init_transactions", lambda: producer.init_transactions(_TXN_TIMEOUT_S)))
+        self._renew_producer = False
+
     def step(self, wait_s: float) -> int:
-        """Poll one micro-batch and carry it to the end; returns the number of deltas handled."""
+        """Poll one micro-batch and carry it to the end; returns the number of deltas handled.
+
+        A fault met on the way is retried here until it clears (or the worker must exit), so
+        when step returns, its batch is committed and written, or there was none.
+        """
         assert self._consumer is not None
-        messages = self._consumer.consume(num_messages=self._batch_deltas, timeout=max(wait_s, 0.001))
+        consumer = self._consumer
+        if self._recovering:
+            self.health.busy()
+            self._retry("recovery", self._recovery_step)
+            wait_s = 0.0
+        messages = consumer.consume(num_messages=self._batch_deltas, timeout=max(wait_s, 0.001))
         records = self._records(messages)
         sweep = self._due_sweep()
         if not records and not sweep:
+            self._probe_redis()
             self._observe_engine()
+            self.health.progressed()
             return 0
+        self.health.busy()
         started = time.perf_counter()
-        outcome = self._process(records, sweep)
+        outcome = self._retry("judge", lambda: self._process(records, sweep))
         if not self._commit(records, outcome):
+            self.health.progressed()
             return 0
-        self._write_state(records, outcome)
+        self._retry("redis write", lambda: self._write_state(records, outcome))
         self._after_batch(outcome, time.perf_counter() - started)
+        self.health.progressed()
         return len(records)
+
+    # --- faults ---------------------------------------------------------------------------
+    def _retry(self, what: str, call: Callable[[], T]) -> T:
+        """``call()``, repeated with back-off while a dependency fails; nothing is committed meanwhile.
+
+        Gives up (WorkerExit) when the fault outlasts ``fault_retry_s`` or the worker is told to stop.
+        """
+        first_failure: float | None = None
+        delay = 0.2
+        failed: str | None = None
+        while True:
+            try:
+                result = call()
+            except _FAULTS as exc:
+                if isinstance(exc, KafkaException) and _is_fatal(exc):
+                    raise  # fenced by a newer instance, or a bug: no retry can help
+                dep = fault_dependency(exc)
+                failed = dep
+                now = time.monotonic()
+                first_failure = first_failure or now
+                self.health.failing(dep, str(exc))
+                self.metrics.faults.labels(dependency=dep).inc()
+                faults_log.log(logging.WARNING, "%s failing; retrying (nothing is committed meanwhile)", dep, extra={
+                    "during": what, "error": str(exc)[:300], "failing_for_s": round(now - first_failure, 1)})
+                if now - first_failure > self.settings.fault_retry_s:
+                    raise WorkerExit(EXIT_DEPENDENCY, f"{dep} kept failing for {self.settings.fault_retry_s}s "
+                                                      f"({str(exc)[:200]}); exiting for a restart") from exc
+                if self._stop.wait(delay):
+                    raise WorkerExit(0, f"stop requested while {dep} was failing; nothing was committed") from exc
+                delay = min(delay * 2, _MAX_BACKOFF_S)
+                continue
+            if failed is not None:
+                log.info("%s answers again", failed, extra={"during": what})
+                self.health.answered(failed)
+            return result
+
+    def _probe_redis(self) -> None:
+        """An idle worker still notices (for /healthz, /readyz) when Redis goes away or comes back."""
+        now = time.monotonic()
+        if now < self._next_redis_probe:
+            return
+        self._next_redis_probe = now + _REDIS_PROBE_EVERY_S
+        try:
+            self.store.ping()
+        except redis.RedisError as exc:
+            self.health.failing(REDIS, str(exc))
+            faults_log.log(logging.WARNING, "redis not answering", extra={"error": str(exc)[:300]})
+            return
+        if self.health.is_failing(REDIS):
+            log.info("redis answers again")
+        self.health.answered(REDIS)
+
+    def _kafka_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback: all brokers down, transport failures, fatal errors."""
+        if error.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            self.health.failing(KAFKA, str(error))
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            # After a broker restart the first transaction of the old producer could hang in
+            # send_offsets_to_transaction (see _settle_uncertain): the next batch starts on a fresh one.
+            # the next batch starts on a fresh producer instead.
+            self._renew_producer = True
+        faults_log.log(logging.WARNING, "kafka client error", extra={"error": str(error)[:300]})
+
+    def _kafka_stats(self, stats_json: str) -> None:
+        stats = parse_kafka_stats(stats_json)
+        if stats is None:
+            return
+        if brokers_up(stats):
+            if self.health.is_failing(KAFKA):
+                log.info("kafka answers again")
+            self.health.answered(KAFKA)
+        self.metrics.observe_lag(stats, self._committed)
 
     # ------------------------------------------------------------------------------------
     def _records(self, messages: Sequence[Message]) -> list[InputRecord]:
@@ -165,13 +327,19 @@ class StreamWorker:
                 if err.fatal():
                     raise KafkaException(err)
                 if err.code() != KafkaError._PARTITION_EOF:
-                    log.warning("consumer error", extra={"error": str(err)})
+                    faults_log.log(logging.WARNING, "consumer error", extra={"error": str(err)})
                 continue
             topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
             if topic is None or partition is None or offset is None:
                 continue
-            if not self._own.owns((topic, partition)):
+            pid = (topic, partition)
+            if not self._own.owns(pid):
                 continue  # fetched before a revoke: the new owner judges it
+            pending = self._recovering.get(pid)
+            if pending is not None:
+                # Paused for recovery but fetched already: read again once the partition resumes.
+                pending.rewind_to = offset if pending.rewind_to is None else min(pending.rewind_to, offset)
+                continue
             records.append(InputRecord(topic, partition, offset, msg.key(), msg.value(),
                                        record_time_ms(msg.timestamp())))
         return records
@@ -189,7 +357,7 @@ class StreamWorker:
                         "topic": pid[0], "partition": pid[1], "expected": self._own.watermarks.get(pid),
                         "stored": stored})
                     self._recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
-        raise RuntimeError("redis state kept changing under this worker; is another worker writing its partitions?")
+        raise RecoveryError("redis state kept changing under this worker; is another worker writing its partitions?")
 
     def _due_sweep(self) -> dict[str, ConversationRef]:
         """Conversations holding out-of-order deltas get re-checked now and then so gaps time out.
@@ -220,36 +388,113 @@ class StreamWorker:
         return high >= 0 and position >= high
 
     def _commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
-        """Verdicts + DLQ records + consumed offsets in one transaction. False: aborted, batch rewound."""
+        """Verdicts + DLQ records + consumed offsets in one transaction. False: not committed, batch rewound."""
         assert self._producer is not None and self._consumer is not None
-        producer, consumer = self._producer, self._consumer
         s = self.settings
         offsets = _next_offsets(records)
         if not offsets and not outcome.verdicts and not outcome.dlq:
             return True  # a gap sweep that found nothing to report: no transaction needed
+        if self._renew_producer:
+            self._replace_producer("kafka was unreachable")
+        producer, consumer = self._producer, self._consumer
         try:
             producer.begin_transaction()
             for verdict in outcome.verdicts:
-                _produce(producer, s.topic_verdicts, verdict.conversation_id, encode(verdict))
+                self._produce(producer, s.topic_verdicts, verdict.conversation_id, encode(verdict))
             for rec in outcome.dlq:
-                _produce(producer, s.topic_dlq, rec.conversation_id, encode_fitting(rec, self._dlq_max_bytes))
+                self._produce(producer, s.topic_dlq, rec.conversation_id, encode_fitting(rec, self._dlq_max_bytes))
             if offsets:
                 tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                _retrying("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
+                self._watched("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
                     tps, consumer.consumer_group_metadata(), _TXN_TIMEOUT_S))
-            _retrying("commit_transaction", lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
-            return True
+            self._watched("commit_transaction", lambda: producer.commit_transaction(_TXN_TIMEOUT_S))
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             if isinstance(error, KafkaError) and error.txn_requires_abort():
-                # E.g. a rebalance bumped the group generation (KIP-447 fencing) or the broker
-                # restarted mid-transaction: nothing of this batch is visible; judge it again.
+                # E.g. a rebalance bumped the group generation (KIP-447 fencing): nothing of this
+                # batch is visible; judge it again.
                 log.warning("transaction aborted; re-reading the batch", extra={"error": str(error)})
                 self.metrics.transactions_aborted.inc()
-                _retrying("abort_transaction", lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
+                try:
+                    self._watched("abort_transaction", lambda: producer.abort_transaction(_TXN_TIMEOUT_S))
+                except KafkaException as abort_exc:
+                    if not _may_retry(abort_exc.args[0] if abort_exc.args else None):
+                        raise
+                    return self._settle_uncertain(records, offsets, abort_exc)
                 self._rewind(records)
                 return False
+            if _may_retry(error):
+                return self._settle_uncertain(records, offsets, exc)
             raise  # fenced or fatal: exit, let the supervisor restart us (recovery makes that safe)
+        self._committed_batch(offsets)
+        return True
+
+    def _settle_uncertain(self, records: Sequence[InputRecord], offsets: dict[PartitionId, int],
+                          exc: KafkaException) -> bool:
+        """A transactional call failed with the broker or coordinator away: did the batch commit?
+
+        Retrying the call on the same producer could hang after the broker came back
+        (confluentinc/librdkafka#5456, #5511). Instead a fresh producer with the same
+        transactional.id fences the old one, which aborts its transaction unless its commit had
+        already gone through; the group's committed offsets then tell which of the two happened.
+        Committed: carry on (write the state). Not: rewind and judge the batch again.
+        """
+        assert self._consumer is not None
+        consumer = self._consumer
+        self.health.failing(KAFKA, str(exc))
+        self.metrics.faults.labels(dependency=KAFKA).inc()
+        faults_log.log(logging.WARNING, "kafka transaction failed; settling it with a fresh producer",
+                           extra={"error": str(exc)[:300]})
+        self._replace_producer("a transactional call failed")
+        if not offsets:
+            return False  # only a gap sweep's reports: the next sweep reports them again
+        tps = [TopicPartition(t, p) for t, p in offsets]
+        committed = self._retry("read committed offsets", lambda: consumer.committed(tps, timeout=10))
+        if all(tp.offset >= offsets[(tp.topic, tp.partition)] for tp in committed):
+            log.info("the failed transaction had committed; carrying on")
+            self._committed_batch(offsets)
+            return True
+        log.info("the failed transaction was aborted; re-reading the batch")
+        self.metrics.transactions_aborted.inc()
+        self._rewind(records)
+        return False
+
+    def _committed_batch(self, offsets: dict[PartitionId, int]) -> None:
+        self._committed.update({pid: o for pid, o in offsets.items() if self._own.owns(pid)})
+        if self.health.is_failing(KAFKA):
+            log.info("kafka answers again")
+        self.health.answered(KAFKA)
+
+    def _replace_producer(self, why: str) -> None:
+        log.info("opening a fresh transactional producer", extra={"reason": why})
+        if self._producer is not None:
+            # Not destroyed here: destroying a producer with a stuck request can block; it is fenced.
+            self._retired.append(self._producer)
+            del self._retired[:-4]
+        self._open_producer()
+
+    def _watched(self, what: str, call: Callable[[], object]) -> None:
+        """A Kafka call that must not hang: librdkafka has been seen to block past the timeout it
+        was given (confluentinc/librdkafka#5456). A watchdog turns such a hang into a process exit
+        with EXIT_KAFKA_HUNG: nothing of the open transaction is visible, and the restarted
+        worker's recovery picks up exactly at the last committed batch."""
+        watchdog = threading.Timer(_HUNG_AFTER_S, _exit_hung, args=(what,))
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            call()
+        finally:
+            watchdog.cancel()
+
+    def _produce(self, producer: Producer, topic: str, key: str | None, value: bytes) -> None:
+        while True:
+            try:
+                producer.produce(topic, value=value, key=key)
+                return
+            except BufferError:
+                producer.poll(0.05)  # the local queue is full: let deliveries drain
+            if self._stop.is_set():
+                raise WorkerExit(0, "stop requested while the producer queue was full; nothing was committed")
 
     def _rewind(self, records: Sequence[InputRecord]) -> None:
         assert self._consumer is not None
@@ -258,7 +503,11 @@ class StreamWorker:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
 
     def _write_state(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> None:
-        """After the commit: Redis catches up. A conflict means our picture of Redis is stale: recover."""
+        """After the commit: Redis catches up. A conflict means our picture of Redis is stale: recover.
+
+        Safe to repeat: every partition's write is one fenced Lua call (all or nothing), so a
+        repeated write that had landed reports a conflict, and recovery finds nothing to replay.
+        """
         conflicts = self.store.write(outcome.writes)
         conflicted = {(c.topic, c.partition) for c in conflicts}
         for write in outcome.writes:
@@ -304,24 +553,73 @@ class StreamWorker:
             m.dlq.labels(reason=reason_class(rec.reason)).inc()
         _log_dlq(outcome.dlq)
         self._observe_engine()
+        if self.health.is_failing(ENGINE):
+            log.info("engine answers again")
+        self.health.answered(ENGINE)
+        self.health.answered(REDIS)
 
     def _observe_engine(self) -> None:
         self.metrics.observe_engine(self.processor.engine)
 
-    # --- rebalance callbacks (run inside consume(), between batches) ----------------------
+    # --- rebalances: the callbacks only pause and forget; the loop does the recovering ----
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         if not partitions:
             return
-        committed = _committed(consumer, partitions)
-        for tp in committed:
+        # Assign, then pause before the first fetch: no record of these partitions is judged
+        # before Redis holds their state up to the committed offset (see _recovery_step).
+        consumer.incremental_assign(partitions)
+        consumer.pause(partitions)
+        for tp in partitions:
             pid = (tp.topic, tp.partition)
             self._own.watermarks[pid] = NO_WATERMARK
-            self._recover(pid, tp.offset if tp.offset >= 0 else None)
-        self.metrics.assigned_partitions.set(len(self._own.watermarks))
-        log.info("partitions assigned", extra={"partitions": [f"{t}[{p}]" for t, p in
-                                                                [(tp.topic, tp.partition) for tp in partitions]]})
+            self._recovering[pid] = _Recovering()
+        self._observe_ownership()
+        log.info("partitions assigned", extra={"recovering": True, "partitions": [f"{tp.topic}[{tp.partition}]"
+                                                                               for tp in partitions]})
+
+    def _recovery_step(self) -> None:
+        """One bounded piece of recovery: read committed offsets, or replay one batch of one partition."""
+        assert self._consumer is not None
+        consumer = self._consumer
+        unknown = [pid for pid, r in self._recovering.items() if r.recovery is None]
+        if unknown:
+            # Blocks while a crashed worker's transaction is open (KIP-447: offsets are unstable
+            # until the broker aborts it, transaction.timeout.ms): short waits, then retried.
+            try:
+                committed = consumer.committed([TopicPartition(t, p) for t, p in unknown], timeout=5)
+            except KafkaException as exc:
+                if not _may_retry(exc.args[0] if exc.args else None):
+                    raise
+                faults_log.log(logging.INFO, "committed offsets not readable yet; retrying", extra={"error": str(exc)})
+                return
+            for tp in committed:
+                pid = (tp.topic, tp.partition)
+                offset = tp.offset if tp.offset >= 0 else None
+                if offset is not None:
+                    self._committed[pid] = offset
+                self._recovering[pid].recovery = PartitionRecovery(
+                    self.settings, self.processor, self.store, tp.topic, tp.partition, offset, now_ms,
+                    on_replayed=self.metrics.replayed.inc, step_records=self.recovery_step_records)
+            return
+        pid, pending = next(iter(self._recovering.items()))
+        assert pending.recovery is not None
+        watermark = pending.recovery.step()
+        if watermark is None:
+            return
+        # Gaps are durable: conversations that held deltas under the previous owner are swept here too.
+        held = self.processor.held_conversations(*pid)
+        del self._recovering[pid]
+        self._own.watermarks[pid] = watermark
+        self._own.held.update(held)
+        consumer.resume([TopicPartition(pid[0], pid[1])])
+        if pending.rewind_to is not None:
+            consumer.seek(TopicPartition(pid[0], pid[1], self._committed.get(pid, pending.rewind_to)))
+        self._observe_ownership()
+        log.info("partition recovered; resumed", extra={"topic": pid[0], "partition": pid[1],
+                                                         "watermark": watermark})
 
     def _recover(self, pid: PartitionId, committed: int | None) -> None:
+        """Recover a partition on the spot (Redis lost writes under a partition being served)."""
         topic, partition = pid
         self._own.watermarks[pid] = recover_partition(
             self.settings, self.processor, self.store, topic, partition, committed, now_ms,
@@ -334,9 +632,15 @@ class StreamWorker:
         # The loop is synchronous: the last batch is committed and written before consume() runs
         # this callback, so there is nothing to finish; only the KV caches are let go.
         for tp in partitions:
-            for key in self._own.release((tp.topic, tp.partition)):
+            pid = (tp.topic, tp.partition)
+            pending = self._recovering.pop(pid, None)
+            if pending is not None and pending.recovery is not None:
+                pending.recovery.close()
+            self._committed.pop(pid, None)
+            self.metrics.forget_partition(tp.topic, tp.partition)
+            for key in self._own.release(pid):
                 self.processor.engine.evict(key)
-        self.metrics.assigned_partitions.set(len(self._own.watermarks))
+        self._observe_ownership()
         if partitions:
             log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})
 
@@ -344,15 +648,36 @@ class StreamWorker:
         log.warning("partitions lost (session timed out); another worker owns them now")
         self._on_revoke(consumer, partitions)
 
+    def _observe_ownership(self) -> None:
+        self.metrics.assigned_partitions.set(len(self._own.watermarks))
+        self.metrics.recovering_partitions.set(len(self._recovering))
+        self.health.set_recovering(len(self._recovering))
+
     def _close(self) -> None:
+        for pending in self._recovering.values():
+            if pending.recovery is not None:
+                pending.recovery.close()
         if self._consumer is not None:
             try:
                 self._consumer.close()
-            except KafkaException:
+            except (KafkaException, RuntimeError):
                 log.warning("consumer close failed", exc_info=True)
         if self._producer is not None:
             self._producer.flush(5)
         log.info("stream worker stopped", extra={"worker": self.name})
+
+
+@dataclass
+class _Recovering:
+    """A partition assigned but not yet served: paused until Redis holds its committed state."""
+
+    recovery: PartitionRecovery | None = None   # None until its committed offset was read
+    rewind_to: int | None = None                # fetched (and dropped) while paused: read again on resume
+
+
+def _is_fatal(exc: KafkaException) -> bool:
+    error = exc.args[0] if exc.args else None
+    return isinstance(error, KafkaError) and bool(error.fatal())
 
 
 def _first_offsets(records: Sequence[InputRecord]) -> dict[PartitionId, int]:
@@ -371,20 +696,8 @@ def _next_offsets(records: Sequence[InputRecord]) -> dict[PartitionId, int]:
     return offsets
 
 
-def _committed(consumer: Consumer, partitions: list[TopicPartition], limit_s: float = 120.0) -> list[TopicPartition]:
-    """The group's committed offsets, waiting out a dead worker's pending transaction (see above)."""
-    deadline = time.monotonic() + limit_s
-    while True:
-        try:
-            return list(consumer.committed(partitions, timeout=15))
-        except KafkaException as exc:
-            if time.monotonic() > deadline:
-                raise
-            log.info("committed offsets not readable yet; retrying", extra={"error": str(exc)})
-
-
-EXIT_KAFKA_HUNG = 75  # EX_TEMPFAIL: the supervisor should restart the worker
-_HUNG_AFTER_S = 45.0  # well past the 30 s timeout every transactional call is given
+EXIT_KAFKA_HUNG = EXIT_DEPENDENCY
+_HUNG_AFTER_S = 20.0  # well past the timeout every transactional call is given
 
 
 def _exit_hung(what: str) -> None:
@@ -404,41 +717,6 @@ def _may_retry(error: object) -> bool:
     if not isinstance(error, KafkaError) or error.fatal():
         return False
     return bool(error.retriable()) or error.code() == KafkaError._TIMED_OUT
-
-
-def _retrying(what: str, call: Callable[[], object], limit_s: float = 300.0) -> None:
-    """Repeat a transactional call while librdkafka says the error is retriable (e.g. broker restart).
-
-    librdkafka's send_offsets_to_transaction can block past its timeout when the group coordinator
-    went away (confluentinc/librdkafka#5456, #5511). A watchdog turns such a hang into a clean
-    process exit: nothing of the open transaction is visible, and the restarted worker's recovery
-    picks up exactly at the last committed batch.
-    """
-    deadline = time.monotonic() + limit_s
-    while True:
-        watchdog = threading.Timer(_HUNG_AFTER_S, _exit_hung, args=(what,))
-        watchdog.daemon = True
-        watchdog.start()
-        try:
-            call()
-            return
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if not _may_retry(error) or time.monotonic() > deadline:
-                raise
-            log.warning("kafka call failed, retrying", extra={"error": str(error)})
-            time.sleep(0.5)
-        finally:
-            watchdog.cancel()
-
-
-def _produce(producer: Producer, topic: str, key: str | None, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(topic, value=value, key=key)
-            return
-        except BufferError:
-            producer.poll(0.05)  # the local queue is full: let deliveries drain
 
 
 def _log_dlq(records: Sequence[DlqRecord]) -> None:
