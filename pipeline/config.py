@@ -171,6 +171,24 @@ class Settings:
         metadata=_opt("Generative worker: torch CPU threads (0: torch's default, one per core; 1 on busy hosts)",
                       "worker"),
     )
+    gen_max_message_chars: int = field(
+        default=131072,
+        metadata=_opt("Generative worker: characters kept per message (first and last half); the middle of a "
+                      "longer message is elided and the ruling says so (truncated_tokens)", "worker"),
+    )
+    gen_max_messages: int = field(
+        default=1024, metadata=_opt("Generative worker: messages held per conversation (more: DLQ)", "worker")
+    )
+    gen_max_held_chars: int = field(
+        default=262144,
+        metadata=_opt("Generative worker: characters of chunks held ahead of a missing seq, per message "
+                      "(more: DLQ)", "worker"),
+    )
+    gen_draft_idle_s: int = field(
+        default=3600,
+        metadata=_opt("Generative worker: a conversation without deltas for this many seconds is dropped "
+                      "(its unfinished messages are logged and counted)", "worker"),
+    )
     # --- gateway (docs/gateway.md) ----------------------------------------------------------
     upstream: str = field(
         default="", metadata=_opt("Gateway: base URL of the OpenAI-compatible upstream, e.g. http://127.0.0.1:8000/v1",

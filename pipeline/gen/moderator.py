@@ -48,5 +48,18 @@ class GenModerator:
             if isinstance(parsed, ParseError):
                 # The grammar admits only parseable text; reaching this is a bug in one of the two.
                 raise RuntimeError(f"constrained decode wrote an unparseable ruling: {parsed.reason}: {result.text!r}")
-            rulings.append(GenRuling(parsed, result.scores, result.text, fit.truncated_tokens))
+            truncated = fit.truncated_tokens + self._draft_elided_tokens(request)
+            rulings.append(GenRuling(parsed, result.scores, result.text, truncated))
         return rulings
+
+    def _draft_elided_tokens(self, request: ModerationRequest) -> int:
+        """Tokens of the text the worker's draft limit cut before the ruling: an estimate.
+
+        That text is gone (keeping it is what the limit prevents), so its tokens are estimated
+        from the tokens per character of the text that was kept (docs/generative.md).
+        """
+        if not request.elided_chars:
+            return 0
+        kept = "".join(t.content for t in request.turns)
+        tokens = len(self.gen.tokenizer(kept, add_special_tokens=False, split_special_tokens=True)["input_ids"])
+        return max(1, round(request.elided_chars * tokens / max(1, len(kept))))

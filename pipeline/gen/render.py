@@ -33,18 +33,21 @@ class ModerationRequest:
     """What Gen judges: the last turn, with the turns before it as context."""
 
     turns: tuple[Turn, ...]
+    # Characters the worker's draft limit already cut out of these texts (each cut is marked in
+    # the text; docs/generative.md, "Draft limits"): counted into the ruling's truncated_tokens.
+    elided_chars: int = 0
 
     @property
     def mode(self) -> Mode:
         return "response" if self.turns[-1].role == "assistant" else "prompt"
 
 
-def prompt_request(user_text: str) -> ModerationRequest:
-    return ModerationRequest((Turn("user", user_text),))
+def prompt_request(user_text: str, *, elided_chars: int = 0) -> ModerationRequest:
+    return ModerationRequest((Turn("user", user_text),), elided_chars)
 
 
-def response_request(user_text: str, assistant_text: str) -> ModerationRequest:
-    return ModerationRequest((Turn("user", user_text), Turn("assistant", assistant_text)))
+def response_request(user_text: str, assistant_text: str, *, elided_chars: int = 0) -> ModerationRequest:
+    return ModerationRequest((Turn("user", user_text), Turn("assistant", assistant_text)), elided_chars)
 
 
 def render_text(tokenizer: Any, turns: Sequence[Turn]) -> str:

@@ -7,8 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.config import Settings
 from pipeline.gen.checkpoint import GenModel, init_random_gen, load_gen_model
 from pipeline.gen.moderator import GenModerator
+from pipeline.kafka import delete_topics
+from workers.generative.app import TABLE_NAME
 
 
 @pytest.fixture(scope="package", autouse=True)
@@ -35,3 +38,12 @@ def gen_model(gen_checkpoint: Path) -> GenModel:
 @pytest.fixture(scope="session")
 def gen_moderator(gen_model: GenModel) -> Iterator[GenModerator]:
     yield GenModerator(gen_model, context_tokens=8192)
+
+
+@pytest.fixture
+def gen_settings(settings: Settings, gen_checkpoint: Path) -> Iterator[Settings]:
+    """Settings of a generative worker on this test's topics; its changelog and assignor topics go afterwards."""
+    gen = settings.replace(model=str(gen_checkpoint), max_context_tokens=1024, gen_max_batch=4)
+    yield gen
+    group = gen.generative_group
+    delete_topics(gen, [f"{group}-{TABLE_NAME}-changelog", f"{group}-__assignor-__leader"])

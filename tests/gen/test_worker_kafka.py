@@ -12,19 +12,16 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import pytest
 
 from pipeline.config import Settings
-from pipeline.kafka import delete_topics
 from pipeline.labels import LONG_CATEGORY_NAMES
 from pipeline.policy import TenantPolicy
 from schemas.messages import DlqRecord, TokenDelta, Verdict, encode
 from tests.fixtures.stack import consume_all, consume_verdicts, produce, produce_deltas
-from workers.generative.app import TABLE_NAME
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -38,7 +35,8 @@ def _free_port() -> int:
 
 
 class WorkerProcess:
-    def __init__(self, settings: Settings, log_file: Path, start_from: str | None = "earliest") -> None:
+    def __init__(self, settings: Settings, log_file: Path, extra: dict[str, str] | None = None,
+                 start_from: str | None = "earliest") -> None:
         self.port = _free_port()
         flags = {
             "--kafka-bootstrap": settings.kafka_bootstrap, "--topic-in": settings.topic_in,
@@ -46,7 +44,7 @@ class WorkerProcess:
             "--generative-group": settings.generative_group, "--model": settings.model,
             "--max-context-tokens": str(settings.max_context_tokens), "--gen-max-batch": str(settings.gen_max_batch),
             "--max-text-bytes": str(settings.max_text_bytes), "--metrics-port": str(self.port),
-            "--device": "cpu", "--gen-threads": "1",
+            "--device": "cpu", "--gen-threads": "1", **(extra or {}),
         }
         if start_from is not None:   # None: the worker's default
             flags["--gen-start-from"] = start_from
@@ -73,6 +71,15 @@ class WorkerProcess:
             time.sleep(1)
         raise AssertionError("worker not ready in time")
 
+    def metric(self, name: str) -> float:
+        """A sample's value on /metrics (0 when absent)."""
+        status, body = self.get("/metrics")
+        assert status == 200
+        for line in body.splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+        return 0.0
+
     def kill(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(30)
@@ -85,14 +92,6 @@ class WorkerProcess:
         if self.proc.poll() is None:
             self.kill()
         self.log.close()
-
-
-@pytest.fixture
-def gen_settings(settings: Settings, gen_checkpoint: Path) -> Iterator[Settings]:
-    gen = settings.replace(model=str(gen_checkpoint), max_context_tokens=1024, gen_max_batch=4)
-    yield gen
-    group = gen.generative_group
-    delete_topics(gen, [f"{group}-{TABLE_NAME}-changelog", f"{group}-__assignor-__leader"])
 
 
 def _conversations() -> dict[str, list[tuple[str, str]]]:

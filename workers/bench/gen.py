@@ -32,6 +32,16 @@ def register(sub: Any) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true", help="Few requests and batch sizes: a smoke run")
     parser.add_argument("--requests", type=int, default=0, help="Requests per measurement (default 32, quick 8)")
+    parser.add_argument("--drafts", action="store_true",
+                        help="Instead: the worker's draft work per delta (append records) against the whole-draft "
+                             "rewrite, for one message of 1k-100k 3-character deltas; no model")
+    parser.add_argument("--live", type=int, default=0, metavar="N",
+                        help="With --drafts: also stream one message of N deltas through a generative worker "
+                             "process on the local stack and time it to its ruling")
+    parser.add_argument("--worker-pythonpath", default="",
+                        help="With --live: run the worker from this source tree (e.g. a checkout of an earlier "
+                             "version, for a before/after comparison); default: this one")
+    add_settings_arguments(parser, ["kafka_bootstrap"])
     add_settings_arguments(parser, ["state_dir", "device", "precision", "gen_threads"])
     parser.set_defaults(func=run)
 
@@ -77,6 +87,20 @@ def run(args: argparse.Namespace) -> int:
 
     def say(message: str) -> None:
         console.print(f"[dim]bench gen[/]: {message}")
+
+    if args.drafts:
+        from workers.bench.gen_drafts import LiveRun, run_drafts
+
+        command = "guardstream bench gen --drafts" + (" --quick" if args.quick else "")
+        if args.live:
+            command += f" --live {args.live}" + (f" --worker-pythonpath {args.worker_pythonpath}"
+                                                 if args.worker_pythonpath else "")
+        live = None
+        if args.live:
+            live = LiveRun(settings, _checkpoint(args, state_path(settings), say), args.live, args.worker_pythonpath,
+                           say)
+        run_drafts(args.out, args.quick, command, live)
+        return 0
 
     if settings.gen_threads > 0:
         torch.set_num_threads(settings.gen_threads)

@@ -24,6 +24,7 @@ _STREAM = (
 _GENERATIVE = (
     "generative_group", "gen_max_batch", "gen_concurrency", "gen_threads", "max_batch_wait_ms", "max_text_bytes",
     "replication_factor", "gen_start_from",
+    "gen_max_message_chars", "gen_max_held_chars", "gen_max_messages", "gen_draft_idle_s",
 )
 
 

@@ -1,8 +1,10 @@
 """The generative worker: Qwen3Guard-Gen rulings on complete turns, as a faust-streaming app.
 
 Data flow: its own consumer group (``settings.generative_group``, also the faust app id) reads
-``guard.in``; deltas are assembled per conversation in a changelog-backed table (memory store,
-recovered from the changelog topic on restart; :mod:`workers.generative.assembly`); each
+``guard.in``; deltas are assembled per conversation into bounded drafts backed by an
+append-only changelog, one record per accepted delta (recovered from the changelog topic on
+restart, expired after ``gen_draft_idle_s`` without deltas; :mod:`workers.generative.assembly`,
+:mod:`workers.generative.drafts`); each
 complete user/assistant message is ruled by Gen through a dynamic batcher running the model in
 threads (:mod:`workers.generative.batcher`); one final Verdict per message goes to
 ``guard.verdicts``; undecodable or contradictory input goes to ``guard.in.dlq``.
@@ -25,8 +27,11 @@ Crash safety (at-least-once, duplicates identical):
   depend only on the conversation's content, see assembly), and ``verdict_id`` is
   ``{conversation}/{message}/generative/final/0``, so consumers dedupe on it. Scores are rounded
   to 3 decimals: a ruling recomputed in another batch shape differs only by float noise (~1e-6).
-- A conversation's "end" waits for its in-flight rulings before the table key is deleted, so a
+- A conversation's "end" waits for its in-flight rulings before the draft is deleted, so a
   replay after a crash can never rebuild a partial conversation whose rulings were not delivered.
+- A Kafka write that fails (changelog, verdict, DLQ) is logged and counted, and the worker exits
+  with EXIT_WRITE_FAILED: its event stays unacked, so a partition never stops committing
+  silently; the next worker redoes the event from the committed offset.
 
 Reconciliation with the stream worker (see docs/generative.md): both verdicts land on
 ``guard.verdicts`` for the same message with different ``source``. A consumer blocks if either
@@ -47,6 +52,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
+
 from pipeline.config import Settings
 from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, dlq_record, encode_fitting, reason_class
 from pipeline.errors import UserError
@@ -62,25 +69,54 @@ from schemas.messages import DlqRecord, MessageError, TokenDelta, bounded, encod
 from workers.generative.assembly import (
     AssemblyError,
     ConversationDraft,
-    apply_delta,
-    decode_draft,
-    encode_draft,
+    DraftLimits,
+    RuledOp,
+    apply_chunk,
+    apply_ruled,
+    chunk_op,
+    encode_op,
+    incomplete_messages,
     ready_for_ruling,
     stranded_messages,
 )
 from workers.generative.batcher import RulingBatcher
+from workers.generative.drafts import (
+    CHANGELOG_RECORD_LIMIT,
+    RECORD_OVERHEAD,
+    DraftStore,
+    make_draft_table,
+    record_key,
+    tombstone_keys,
+)
 from workers.generative.metrics import GenMetrics
 from workers.generative.verdicts import generative_verdict
 
 WORKER_NAME = "generative"
 TABLE_NAME = "conversations"
 SHUTDOWN_GRACE_S = 20.0
+EXIT_WRITE_FAILED = 75   # EX_TEMPFAIL: restart the worker; its unacked events are redone
 
 log = get_logger("guardstream.generative")
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def draft_limits(settings: Settings) -> DraftLimits:
+    return DraftLimits(max_message_chars=settings.gen_max_message_chars, max_messages=settings.gen_max_messages,
+                       max_held_chars=settings.gen_max_held_chars)
+
+
+def check_limits(settings: Settings) -> None:
+    """Refuse settings under which a changelog record could pass Kafka's message limit."""
+    if settings.max_text_bytes + RECORD_OVERHEAD > CHANGELOG_RECORD_LIMIT:
+        raise UserError(f"--max-text-bytes {settings.max_text_bytes} is too large for the generative worker: one "
+                        f"delta is one changelog record, which must stay under {CHANGELOG_RECORD_LIMIT} bytes; "
+                        f"use at most {CHANGELOG_RECORD_LIMIT - RECORD_OVERHEAD}")
+    for name in ("gen_max_message_chars", "gen_max_messages", "gen_draft_idle_s"):
+        if getattr(settings, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
 
 
 @dataclass
@@ -92,10 +128,11 @@ class _AckEntry:
 class ConversationRuler:
     """Per-event logic of the faust agent: assemble, schedule rulings, emit verdicts, ack."""
 
-    def __init__(self, *, table: Any, verdicts_topic: Any, dlq_topic: Any, batcher: RulingBatcher,
-                 policies: PolicyBook, model_name: str, settings: Settings, metrics: GenMetrics,
-                 dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> None:
+    def __init__(self, *, table: Any, store: DraftStore, verdicts_topic: Any, dlq_topic: Any,
+                 batcher: RulingBatcher, policies: PolicyBook, model_name: str, settings: Settings,
+                 metrics: GenMetrics, dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> None:
         self.table = table
+        self.store = store
         self.verdicts_topic = verdicts_topic
         self.dlq_topic = dlq_topic
         self.batcher = batcher
@@ -103,10 +140,12 @@ class ConversationRuler:
         self.model_name = model_name
         self.settings = settings
         self.metrics = metrics
+        self.write_failure: BaseException | None = None   # set once a Kafka write failed: the worker exits
         self.limits = InputLimits.of(settings)
         self.dlq_max_bytes = dlq_max_bytes
         self._inflight: dict[tuple[bytes, int], asyncio.Future[None]] = {}
-        self._delivered: dict[bytes, set[int]] = defaultdict(set)   # delivered, not yet marked in the table
+        self._delivered: dict[bytes, set[int]] = defaultdict(set)   # delivered, not yet recorded as ruled
+        self._busy: dict[bytes, int] = defaultdict(int)               # keys whose event is being handled
         self._capacity = asyncio.Semaphore(max(1, settings.gen_max_batch * settings.gen_concurrency * 4))
         self._ackers: set[asyncio.Future[None]] = set()
         self._ack_order: dict[Any, deque[_AckEntry]] = defaultdict(deque)
@@ -120,40 +159,86 @@ class ConversationRuler:
             await self._dead_letter(event, str(exc), None)
             self._ack_when_done(event, [])
             return
-        # The table key is the shared injective state key (pipeline.state.keys): tenants never share a draft.
+        # The draft key is the shared injective state key (pipeline.state.keys): tenants never share a draft.
         key = conversation_key(delta.tenant, delta.conversation_id).encode("utf-8")
-        draft = decode_draft(self.table.get(key))
-        changed = self._mark_delivered(key, draft)
-        if delta.type == "end":
-            await self._end_conversation(event, key, delta, draft)
-            return
+        self._busy[key] += 1
         try:
-            applied = apply_delta(draft, delta)
-        except AssemblyError as exc:
-            stored = [self._store(event, key, draft)] if changed else []
-            await self._dead_letter(event, str(exc), delta.conversation_id)
-            self._ack_when_done(event, stored)
+            await self._on_delta(event, key, delta)
+        finally:
+            self._busy[key] -= 1
+            if not self._busy[key]:
+                del self._busy[key]
+
+    async def _on_delta(self, event: Any, key: bytes, delta: TokenDelta) -> None:
+        partition = event.message.partition
+        draft = self.store.get(key)
+        if draft is not None and draft.partition != partition:
+            await self._dead_letter(event, f"conversation arrived on partition {partition} but its draft is on "
+                                           f"partition {draft.partition}: the Kafka key must equal conversation_id",
+                                    delta.conversation_id)
+            self._ack_when_done(event, [])
             return
-        if applied and delta.message_index is not None and draft.messages[delta.message_index].complete:
-            self.metrics.messages_completed.labels(role=delta.role).inc()
-        pending = [self._store(event, key, draft)] if changed or applied else []
-        self.metrics.conversations.set(len(self.table))
+        pending = self._record_delivered(key, draft) if draft is not None else []
+        if delta.type == "end":
+            await self._end_conversation(event, key, delta, draft, pending)
+            return
+        fresh = draft is None
+        if draft is None:
+            draft = ConversationDraft(partition=partition)
+        try:
+            op = chunk_op(delta)
+            try:
+                value = encode_op(op)
+            except (OverflowError, UnicodeEncodeError, msgspec.EncodeError) as exc:
+                raise AssemblyError(f"chunk cannot be recorded: {type(exc).__name__}") from None
+            applied = apply_chunk(draft, op, self.store.limits)
+        except AssemblyError as exc:
+            await self._dead_letter(event, str(exc), delta.conversation_id)
+            self._ack_when_done(event, pending)
+            return
+        if applied:
+            if fresh:
+                self.store.drafts[key] = draft
+            pending.append(self._record(partition, key, draft, value))
+            message = draft.messages[op.message_index]
+            if message.complete and message.final_seq is not None:
+                self.metrics.messages_completed.labels(role=delta.role).inc()
+                if message.elided_chars:
+                    self.metrics.draft_elided.inc()
+        self.metrics.conversations.set(len(self.store))
         pending += await self._schedule(event, key, delta, draft)
         self._ack_when_done(event, pending)
 
-    # --- the table -----------------------------------------------------------------------------
+    # --- the changelog -------------------------------------------------------------------------
     # faust's commit-time producer flush gives up after 0.1 s with messages still buffered, so a
     # busy worker can commit an offset whose changelog write never landed (seen in tests: a chunk
     # vanished across a SIGKILL). Writes therefore go through send_changelog, whose future says
     # when the write is durable, and the event is acked only after that.
-    def _store(self, event: Any, key: bytes, draft: ConversationDraft) -> Any:
-        value = encode_draft(draft)
-        self.table.data[key] = value
-        return self.table.send_changelog(event.message.partition, key, value)
+    def _record(self, partition: int, key: bytes, draft: ConversationDraft, value: bytes) -> Any:
+        """Append one operation to the conversation's changelog log: O(the operation)."""
+        number = draft.next_record
+        draft.next_record += 1
+        draft.last_seen_s = time.time()
+        record = record_key(key, number)
+        self.metrics.changelog_records.inc()
+        self.metrics.changelog_bytes.inc(len(record) + len(value))
+        return self.table.send_changelog(partition, record, value, key_serializer="raw", value_serializer="raw")
 
-    def _forget(self, event: Any, key: bytes) -> Any:
-        self.table.data.pop(key, None)
-        return self.table.send_changelog(event.message.partition, key, None, value_serializer="raw")
+    def _forget(self, key: bytes, draft: ConversationDraft) -> list[Any]:
+        """Drop the draft: one tombstone per record it wrote, so compaction removes them all."""
+        self.store.drop(key)
+        self.metrics.conversations.set(len(self.store))
+        return [self.table.send_changelog(draft.partition, k, None, key_serializer="raw", value_serializer="raw")
+                for k in tombstone_keys(key, draft)]
+
+    def _record_delivered(self, key: bytes, draft: ConversationDraft) -> list[Any]:
+        """Record delivered rulings in the draft (changelog writes happen on an event of this conversation)."""
+        writes = []
+        for index in sorted(self._delivered.pop(key, set())):
+            op = RuledOp(index)
+            if apply_ruled(draft, op):
+                writes.append(self._record(draft.partition, key, draft, encode_op(op)))
+        return writes
 
     # --- rulings -----------------------------------------------------------------------------
     async def _schedule(self, event: Any, key: bytes, delta: TokenDelta,
@@ -236,9 +321,9 @@ class ConversationRuler:
             failures = [r for r in results if isinstance(r, BaseException)]
             if failures:
                 # Not delivered: the event and everything after it in its partition stay unacked,
-                # so the offset is never committed past it and the next worker redoes the work.
-                log.error("write not delivered; its event stays uncommitted",
-                          extra={"error": repr(failures[0]), "offset": event.message.offset})
+                # so the offset is never committed past it. The partition would stop committing,
+                # so the worker exits and the next one redoes the work from the committed offset.
+                self._write_failed(failures[0], event.message.partition, event.message.offset)
                 return
             entry.done = True
             self._release_acks(queue)
@@ -247,25 +332,70 @@ class ConversationRuler:
         self._ackers.add(task)
         task.add_done_callback(self._ackers.discard)
 
+    def _write_failed(self, error: BaseException, partition: int, offset: int | None) -> None:
+        self.metrics.write_failures.inc()
+        log.error("kafka write not delivered; the worker exits so that its uncommitted events are redone",
+                  extra={"error": repr(error)[:300], "partition": partition, "offset": offset})
+        if self.write_failure is None:
+            self.write_failure = error
+
+    def _watch(self, writes: Sequence[Any], partition: int) -> None:
+        """Surface failures of writes that no event waits for (expiry tombstones)."""
+        if not writes:
+            return
+
+        async def watch() -> None:
+            results = await asyncio.gather(*writes, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                self._write_failed(failures[0], partition, None)
+
+        task = asyncio.ensure_future(watch())
+        self._ackers.add(task)
+        task.add_done_callback(self._ackers.discard)
+
     @staticmethod
     def _release_acks(queue: deque[_AckEntry]) -> None:
         while queue and queue[0].done:
             queue.popleft().event.ack()
 
-    async def _end_conversation(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft) -> None:
-        # Rulings still running must land before the state goes: a replay after a crash could not
-        # rebuild the conversation from the events that are left.
-        waiting = [f for (k, _), f in list(self._inflight.items()) if k == key]
-        waiting += await self._schedule(event, key, delta, draft)
-        if waiting:
-            await asyncio.gather(*waiting, return_exceptions=True)
-        for index in stranded_messages(draft):
-            await self._dead_letter(event, f"assistant message {index} got no ruling: a lower message index "
-                                           "never arrived complete", delta.conversation_id)
+    async def _end_conversation(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft | None,
+                                pending: list[Any]) -> None:
+        if draft is not None:
+            # Rulings still running must land before the state goes: a replay after a crash could
+            # not rebuild the conversation from the events that are left.
+            waiting = [f for (k, _), f in list(self._inflight.items()) if k == key]
+            waiting += await self._schedule(event, key, delta, draft)
+            if waiting:
+                await asyncio.gather(*waiting, return_exceptions=True)
+            for index in stranded_messages(draft):
+                await self._dead_letter(event, f"assistant message {index} got no ruling: a lower message index "
+                                               "never arrived complete", delta.conversation_id)
+            pending = [*pending, *self._forget(key, draft)]
         self._delivered.pop(key, None)
-        pending = [self._forget(event, key)] if self.table.get(key) is not None else []
-        self.metrics.conversations.set(len(self.table))
         self._ack_when_done(event, pending)
+
+    # --- idle expiry -----------------------------------------------------------------------------
+    def expire_idle(self, now_s: float) -> int:
+        """Drop drafts idle for ``gen_draft_idle_s``; their unfinished messages are logged and counted."""
+        idle_s = self.settings.gen_draft_idle_s
+        busy = set(self._busy) | {k for k, _ in self._inflight}
+        expired = 0
+        for key in self.store.idle(now_s, idle_s):
+            draft = self.store.get(key)
+            if draft is None or key in busy:
+                continue
+            unfinished = incomplete_messages(draft) + stranded_messages(draft)
+            self._delivered.pop(key, None)
+            self._watch(self._forget(key, draft), draft.partition)
+            self.metrics.expired.inc()
+            self.metrics.expired_unfinished.inc(len(unfinished))
+            expired += 1
+            log.warning("idle conversation expired", extra={
+                "conversation_id": key.decode("utf-8", "replace")[:256], "partition": draft.partition,
+                "idle_s": round(now_s - draft.last_seen_s, 1), "unfinished_messages": unfinished[:20]})
+        self.metrics.changelog_skipped.set(self.store.skipped_records)
+        return expired
 
     async def wait_idle(self, timeout_s: float) -> None:
         """Let in-flight rulings finish and their events ack (graceful shutdown)."""
@@ -326,8 +456,8 @@ def faust_credentials(settings: Settings) -> Any:
                                  mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
 
 
-def build_app(settings: Settings, partitions: int) -> tuple[Any, Any, Any, Any, Any]:
-    """The faust app with its input topic, table, verdict topic and DLQ topic."""
+def build_app(settings: Settings, partitions: int, store: DraftStore) -> tuple[Any, Any, Any, Any, Any]:
+    """The faust app with its input topic, draft table (changelog folded into ``store``), verdict and DLQ topics."""
     import faust
 
     app = faust.App(
@@ -345,11 +475,17 @@ def build_app(settings: Settings, partitions: int) -> tuple[Any, Any, Any, Any, 
         # Rulings still running at shutdown are replayed after restart (their events are unacked).
         stream_wait_empty=False,
         producer_acks=-1,
+        producer_max_request_size=CHANGELOG_RECORD_LIMIT,
+        # One changelog record per delta: a few ms of linger lets them share produce requests
+        # instead of one request each (a ruling's latency is tens of ms and more anyway).
+        producer_linger=0.005,
+        # A standby copy of another worker's drafts would be a second unbounded store; recovery
+        # from the changelog is what restores a partition.
+        table_standby_replicas=0,
     )
     in_topic = app.topic(settings.topic_in, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
-    # bytes key and value types make faust use the raw codec for the changelog.
-    table = app.Table(TABLE_NAME, default=None, partitions=partitions, key_type=bytes, value_type=bytes)
+    table = make_draft_table(app, store, TABLE_NAME, partitions)
     verdicts = app.topic(settings.topic_verdicts, key_type=bytes, value_type=bytes,
                          key_serializer="raw", value_serializer="raw")
     dlq = app.topic(settings.topic_dlq, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
@@ -361,6 +497,7 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     """Load the model, run the faust app until ``stop`` (or SIGTERM/SIGINT), shut down cleanly."""
     from pipeline.gen.checkpoint import load_gen_model
 
+    check_limits(settings)
     if not settings.model:
         raise UserError("the generative worker needs --model DIR (a Qwen3Guard-Gen checkpoint or hub id); "
                         "make one with 'guardstream model init-random --arch gen --out DIR'")
@@ -380,11 +517,12 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     moderator = await loop.run_in_executor(
         None, lambda: GenModerator(gen, context_tokens=settings.max_context_tokens))
     partitions = input_partitions(settings)
-    app, in_topic, table, verdicts, dlq = build_app(settings, partitions)
+    store = DraftStore(draft_limits(settings))
+    app, in_topic, table, verdicts, dlq = build_app(settings, partitions, store)
     batcher = RulingBatcher(moderator.rule, max_batch=settings.gen_max_batch, concurrency=settings.gen_concurrency,
                             max_wait_s=settings.max_batch_wait_ms / 1000, metrics=metrics)
     dlq_limit = await loop.run_in_executor(None, dlq_max_bytes, settings)
-    ruler = ConversationRuler(table=table, verdicts_topic=verdicts, dlq_topic=dlq, batcher=batcher,
+    ruler = ConversationRuler(table=table, store=store, verdicts_topic=verdicts, dlq_topic=dlq, batcher=batcher,
                               policies=policies, model_name=gen.name, settings=settings, metrics=metrics,
                               dlq_max_bytes=dlq_limit)
 
@@ -399,22 +537,30 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
         ops.set_ready(True)
     log.info("generative worker ready", extra={"model": gen.name, "partitions": partitions,
                                                "group": settings.generative_group, "device": gen.device})
-    crashed = False
+    exit_code = 0
+    sweep_every_s = max(0.5, min(60.0, settings.gen_draft_idle_s / 4))
+    next_sweep = time.monotonic() + sweep_every_s
     while not stop.is_set():
         try:
-            await asyncio.wait_for(stop.wait(), timeout=1.0)
+            await asyncio.wait_for(stop.wait(), timeout=min(1.0, sweep_every_s))
         except TimeoutError:
             if app.crashed:
-                crashed = True
+                exit_code = 1
                 log.error("faust app crashed; stopping", extra={"reason": repr(getattr(app, "crash_reason", None))})
                 break
+            if ruler.write_failure is not None:
+                exit_code = EXIT_WRITE_FAILED
+                break
+            if time.monotonic() >= next_sweep:
+                ruler.expire_idle(time.time())
+                next_sweep = time.monotonic() + sweep_every_s
     if ops is not None:
         ops.set_ready(False)
     log.info("generative worker stopping")
     await ruler.wait_idle(SHUTDOWN_GRACE_S)
     await app.stop()
     await batcher.stop()
-    return 1 if crashed else 0
+    return exit_code
 
 
 # faust, its `mode` library and aiokafka log ~40 INFO lines per start and rebalance.

@@ -31,3 +31,19 @@ class GenMetrics:
                                         "Message complete -> verdict delivered", buckets=_LATENCY_BUCKETS, registry=r)
         self.inflight = Gauge("guardstream_gen_inflight_rulings", "Rulings queued or running", registry=r)
         self.conversations = Gauge("guardstream_gen_conversations", "Conversations held in the table", registry=r)
+        self.changelog_records = Counter("guardstream_gen_changelog_records_total",
+                                         "Draft changes appended to the changelog", registry=r)
+        self.changelog_bytes = Counter("guardstream_gen_changelog_bytes_total",
+                                       "Key and value bytes of the draft changes appended to the changelog", registry=r)
+        self.changelog_skipped = Gauge("guardstream_gen_changelog_skipped_records",
+                                       "Changelog records skipped in recovery (unknown format or not applicable)",
+                                       registry=r)
+        self.write_failures = Counter("guardstream_gen_write_failures_total",
+                                      "Kafka writes (changelog, verdicts, DLQ) not delivered; the worker exits",
+                                      registry=r)
+        self.draft_elided = Counter("guardstream_gen_draft_elided_messages_total",
+                                    "Messages completed past gen_max_message_chars (middle elided)", registry=r)
+        self.expired = Counter("guardstream_gen_expired_conversations_total",
+                               "Conversations dropped after gen_draft_idle_s without deltas", registry=r)
+        self.expired_unfinished = Counter("guardstream_gen_expired_unfinished_messages_total",
+                                          "Messages unfinished or never ruled in expired conversations", registry=r)
