@@ -38,7 +38,7 @@ _SHAPES: dict[str, dict[str, Any]] = {
         "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
         "max_position_embeddings": 8192, "torch_dtype": "float32",
     },
-    # Qwen3-0.6B shapes (model facts §2 table); the Gen context length is *uncertain*: the worker
+    # Qwen3-0.6B shapes (docs/model.md §2); the Gen context length is *uncertain*: the worker
     # caps it with --max-context-tokens anyway.
     "0.6b": {
         "hidden_size": 1024, "intermediate_size": 3072, "num_hidden_layers": 28,
@@ -72,7 +72,7 @@ def gen_config_dict(size: str) -> dict[str, Any]:
 
 
 def generation_config_dict() -> dict[str, Any]:
-    # Greedy, as the official evaluation decodes (model facts §7).
+    # Greedy, as the official evaluation decodes (docs/model.md §7).
     return {
         "do_sample": False,
         "eos_token_id": list(EOS_TOKEN_IDS),

@@ -1,4 +1,4 @@
-"""Parse Gen's text ruling with the official patterns (model facts §7).
+"""Parse Gen's text ruling with the official patterns (docs/model.md §7).
 
 ``Safety: (Safe|Unsafe|Controversial)`` on the first match, categories by alternation of the long
 names plus ``None`` on the ``Categories:`` line, and ``Refusal: (Yes|No)`` in response mode.

@@ -1,6 +1,6 @@
 """Render a moderation request through the checkpoint's own chat template, into token ids.
 
-Prompt moderation renders ``[user]``, response moderation ``[user, assistant]`` (model facts §7);
+Prompt moderation renders ``[user]``, response moderation ``[user, assistant]`` (docs/model.md §7);
 the template supplies the guard instruction and the assistant prefix with the empty think block.
 
 The rendered text is tokenized as a whole, as the official code does, so token boundaries

@@ -2,7 +2,7 @@
 
 A real Qwen3Guard-Gen checkpoint carries its guard instruction in its own chat template and we
 always render through that. Random test checkpoints need a template too, so this one mirrors the
-structure of model facts §7a (task lines, policy block, category list, conversation block,
+structure of docs/model.md §7 (task lines, policy block, category list, conversation block,
 output-format lines; response moderation adds refusal lines; the assistant prefix with an empty
 think block) in words of our own. The official text is deliberately not embedded anywhere.
 

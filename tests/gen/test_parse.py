@@ -1,4 +1,4 @@
-"""The ruling parser on official-format outputs (model facts §7) and on malformed ones."""
+"""The ruling parser on official-format outputs (docs/model.md §7) and on malformed ones."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Rendering through the checkpoint's own chat template (model facts §7, §7a)."""
+"""Rendering through the checkpoint's own chat template (docs/model.md §7)."""
 
 from __future__ import annotations
 
