@@ -491,7 +491,7 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     engine = processor.engine
     clock.hook(worker, "kafka consume + loop", ("step",))
     clock.hook(worker, "partition recovery (start-up)", ("_on_assign",))
-    clock.hook(worker, "kafka transaction", ("_commit",))
+    clock.hook(worker.transactions, "kafka transaction", ("commit",))
     clock.hook(worker, "metrics + bookkeeping", ("_after_batch",))
     # Decoding and validating a delta is one call (pipeline.intake.accept) looked up in processing's namespace.
     processing.accept = clock.wrap("decode", processing.accept)
@@ -539,7 +539,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         t = r["threads_cpu_us_per_delta"]
         rows.append(f"| {r['mode']} | {r['deltas']:,} | {r['deltas_per_s']:,.0f} | {r['cpu_us_per_delta']:.1f} | "
                     f"{t.get('loop thread', 0):.1f} | {t.get('librdkafka threads', 0):.1f} | "
-                    f"{t.get('other threads', 0):.1f} | {t.get('ended threads + rounding', 0):.1f} | "
+                    f"{t.get('other threads', 0):.1f} | {t.get('ended threads', 0):.1f} | "
                     f"{r['outputs']:,} |")
     ratio = report["cpu_ratio_worker_to_passthrough"]
     lines = ["Worker vs bare pass-through (backlog drain, one token per delta)", "", *rows, "",
