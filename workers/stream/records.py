@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from confluent_kafka import TIMESTAMP_NOT_AVAILABLE
 
 
-@dataclass(frozen=True)
-class InputRecord:
-    """One message of the input topic, as consumed."""
+class InputRecord(NamedTuple):
+    """One message of the input topic, as consumed (a named tuple: made once per delta, a fifth of the cost
+    of a frozen dataclass)."""
 
     topic: str
     partition: int
