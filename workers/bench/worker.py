@@ -500,6 +500,9 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb"))
     clock.hook(scorer, "state codec", ("new_state", "decode_state", "encode_state", "tombstone"))
     clock.hook(scorer.renderer, "render", ("must_wait", "begin", "add_text", "close"))
+    incremental = getattr(scorer.renderer, "incremental", None)
+    if incremental is not None:
+        clock.hook(incremental, "incremental tokenizer", ("feed", "finish"))
     clock.hook(scorer.text, "tokenize", ("encode_template", "encode_text", "encode_text_spans", "pre_tokenize",
                                          "tokenize_piece", "decode"))
     clock.hook(engine, "engine host side", ("run", "evict"))
