@@ -3,6 +3,7 @@ an application sending the sample conversations through the gateway with the ``o
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 from pathlib import Path
@@ -135,7 +136,7 @@ def run_demo(settings: Settings, *, keep_stack: bool, conversations: int, token_
         return 0
     finally:
         if keep_stack and finished:
-            _explain_kept(console, running, address, state)
+            _explain_kept(console, running, address, state, bool(started_here))
         else:
             for proc, popen in reversed(running):
                 if popen.poll() is None:
@@ -177,17 +178,19 @@ def _play_all(settings: Settings, console: Console, base_url: str, conversations
 
 
 def _explain_kept(console: Console, running: list[tuple[DemoProcess, subprocess.Popen[bytes]]], address: str,
-                  state: Path) -> None:
+                  state: Path, stack_started: bool) -> None:
     for proc, _ in running:
         console.print(f"    still running: {proc.name} (pid {proc.pid}) {proc.url}  log {proc.log}")
-    console.print(Panel(
-        f"Try it:\n"
-        f"  curl -sN http://{address}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-        f"    -d '{{\"model\": \"scripted\", \"stream\": true, \"messages\": [{{\"role\": \"user\", "
-        f"\"content\": \"{SAMPLES[0][1].messages[0].content}\"}}]}}'\n"
-        f"Stop the gateway, upstream and worker:  guardstream demo --stop --state-dir {state}\n"
-        f"Stop Kafka and Redis too:               guardstream down --state-dir {state}",
-        title="left running (--keep-stack)"))
+    console.print("[bold]Left running (--keep-stack).[/] Try it:")
+    body = json.dumps({"model": "scripted", "stream": True,
+                       "messages": [{"role": "user", "content": SAMPLES[0][1].messages[0].content}]})
+    console.print(f"  curl -sN http://{address}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'",
+                  markup=False, soft_wrap=True)
+    console.print(f"Stop the gateway, upstream and worker:  guardstream demo --stop --state-dir {state}",
+                  markup=False, soft_wrap=True)
+    if stack_started:
+        console.print(f"Stop Kafka and Redis too:               guardstream down --state-dir {state}",
+                      markup=False, soft_wrap=True)
 
 
 def _announce_model(console: Console, model: DemoModel) -> None:
