@@ -81,3 +81,22 @@ def test_a_prior_checkpoint_exports_to_onnx_with_torch_parity(prior_dir: Path, t
     out = export_stream_model(str(prior_dir), tmp_path / "onnx")
     parity = json.loads((out / "guardstream-onnx.json").read_text())["parity"]
     assert parity["argmax_equal"] and parity["max_abs_diff"] <= parity["tolerance"], parity
+
+
+def test_init_random_cli_writes_the_prior_and_refuses_it_for_gen(tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from safetensors.torch import load_file
+
+    from pipeline.model.layout import weight_files
+    from workers.cli import main
+
+    out = tmp_path / "prior"
+    assert main(["model", "init-random", "--size", "tiny", "--safe-prior", "2.5", "--out", str(out)]) == 0
+    assert "Safe prior 2.5" in capsys.readouterr().err
+    state = {k: v for f in weight_files(out) for k, v in load_file(str(f)).items()}
+    assert float(state["query_risk_level_head.weight"][LabelMaps().query_risk.index("Safe"), -1]) == 2.5
+
+    assert main(["model", "init-random", "--arch", "gen", "--safe-prior", "2", "--out", str(tmp_path / "g")]) == 2
+    assert "--safe-prior applies to --arch stream only" in capsys.readouterr().err
+    assert main(["model", "init-random", "--safe-prior", "nan", "--out", str(tmp_path / "n")]) == 2
+    assert "Safe prior must be between 0 and" in capsys.readouterr().err

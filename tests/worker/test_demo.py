@@ -57,15 +57,19 @@ def test_demo_sends_conversations_through_the_gateway_and_shows_the_contrast(
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
     assert "UNTRAINED" in output, "a random model must be labelled as such"
-    # Seed 0 with the demo's Safe prior: the fifth sample's reply is stopped, the first two are
-    # flagged (released with their controversial verdict, default policy loose), the rest released.
-    released = re.findall(r"RELEASED  finish_reason stop  guardstream: -", output)
+    # Every conversation ends one of three ways, each line in its format. Seed 0 with the demo's
+    # Safe prior gives 2 released, 2 flagged (controversial, allowed by the demo's loose default)
+    # and 1 stopped (tests/model/test_safe_prior.py pins the labels); here the contrast is what counts.
+    released = re.findall(r"RELEASED  finish_reason stop  guardstream: -\n", output)
     flagged = re.findall(r"FLAGGED  finish_reason stop  guardstream: assistant controversial / .+ at token \d+ "
-                         r"-> allow", output)
-    stopped = re.findall(r"STOPPED  finish_reason content_filter  guardstream: assistant unsafe / .+ at token "
-                         r"\d+ -> block", output)
-    assert (len(released), len(flagged), len(stopped)) == (2, 2, 1), output[-6000:]
-    assert "2 released, 2 flagged, 1 stopped" in output
+                         r"-> allow\n", output)
+    stopped = re.findall(r"STOPPED  finish_reason content_filter  guardstream: assistant unsafe / .+ "
+                         r"at token \d+ -> block\n", output)
+    refused = re.findall(r"REFUSED  finish_reason content_filter  guardstream: user unsafe / .+ "
+                         r"at token 0 -> block\n", output)
+    assert len(released) + len(flagged) + len(stopped) + len(refused) == 5, output[-6000:]
+    assert released and (flagged or stopped or refused), f"the demo must show a contrast: {output[-6000:]}"
+    assert f"{len(released)} released" in output
     assert f"dashboard: http://127.0.0.1:{port}/ui" in output
     assert "stopped the demo's gateway, upstream and worker" in output
     assert not answers(f"http://127.0.0.1:{port}/v1/models"), "without --keep-stack the gateway is stopped"
