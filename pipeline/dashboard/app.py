@@ -85,6 +85,7 @@ class Dashboard:
         if self.feed is not None:
             await asyncio.to_thread(self.feed.close)
             self.feed = None
+            log.info("dashboard stopped")
 
     async def _tick(self) -> None:
         while True:

@@ -16,6 +16,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from pipeline.config import Settings
+from pipeline.dashboard.feed import watermarks
 from pipeline.dashboard.state import VerdictSummary
 from pipeline.kafka.clients import make_consumer
 from schemas.messages import decode_verdict
@@ -56,7 +57,7 @@ def read_history(settings: Settings, conversation_id: str, *, max_verdicts: int 
             raise RuntimeError(f"topic {topic} does not exist")
         ends: dict[int, int] = {}
         for p in sorted(described.partitions):
-            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            low, high = watermarks(consumer, TopicPartition(topic, p))
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])
