@@ -13,8 +13,8 @@ _SETTINGS = ("upstream", "listen", "gateway_mode", "gateway_tenant", "gateway_te
              "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", "kafka_bootstrap", "kafka_security_protocol",
              "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_location",
              "kafka_ssl_certificate_location", "kafka_ssl_key_location", "kafka_extra", "topic_in",
-             "topic_verdicts", "log_level", "gateway_ui", "dashboard_show_text", "dashboard_start", "dashboard_max_conversations",
-             "dashboard_max_messages", "dashboard_max_message_chars")
+             "topic_verdicts", "log_level", "gateway_ui", "dashboard_show_text", "dashboard_start",
+             "dashboard_max_conversations", "dashboard_max_messages", "dashboard_max_message_chars")
 
 
 def register(sub: Any) -> None:
