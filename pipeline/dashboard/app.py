@@ -130,13 +130,13 @@ class Dashboard:
             self.metrics.clients_refused.inc()
             return JSONResponse({"error": f"more than {MAX_CLIENTS} live views connected; retry later"},
                                 status_code=503)
-        queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
-        with self.lock:
-            snapshot = json.dumps({"stats": self.state.stats(), "conversations": self.state.list_conversations()})
-        self.clients.add(queue)
-        self.metrics.clients.inc()
-
         async def stream() -> AsyncIterator[dict[str, str]]:
+            # Registered only once the stream runs: a client gone before that leaves nothing behind.
+            queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize=CLIENT_QUEUE)
+            with self.lock:
+                snapshot = json.dumps({"stats": self.state.stats(), "conversations": self.state.list_conversations()})
+            self.clients.add(queue)
+            self.metrics.clients.inc()
             try:
                 yield {"event": "snapshot", "data": snapshot}
                 while True:

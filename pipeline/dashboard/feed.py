@@ -15,7 +15,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -72,12 +71,11 @@ class Feed:
     """Reads the topics in a daemon thread; ``apply`` runs under ``lock``."""
 
     def __init__(self, settings: Settings, state: DashboardState, lock: threading.Lock,
-                 metrics: DashboardMetrics, on_applied: Callable[[], None] | None = None) -> None:
+                 metrics: DashboardMetrics) -> None:
         self.topics = FeedTopics(settings.topic_verdicts, settings.topic_in if settings.dashboard_show_text else None)
         self._state = state
         self._lock = lock
         self._metrics = metrics
-        self._on_applied = on_applied
         self._limits = InputLimits.of(settings)
         self._stop = threading.Event()
         self._errors = RateLimitedLog(log)
@@ -122,8 +120,6 @@ class Feed:
                 outcomes[self._apply_one(kind, msg)] += 1
         for outcome, n in outcomes.items():
             self._metrics.records.labels(kind, outcome).inc(n)
-        if self._on_applied is not None:
-            self._on_applied()
 
     def _apply_one(self, kind: str, msg: Message) -> str:
         value = msg.value()

@@ -45,7 +45,11 @@ CONVERSATIONS = [
      "Here is exactly what you asked for, step by step, with nothing left out."),
     ("open", "Recommend a good book about the sea.",
      "Moby-Dick by Herman Melville is a classic; The Old Man and the Sea by Hemingway is shorter."),
+    # Markup in an id and in text must show as text and never run.
+    ("open", "What does <img src=x onerror=window.__xss=1> do?",
+     "It is markup: <b>bold</b> & <script>window.__xss=2</script> shown as plain text."),
 ]
+MARKUP_ID = "markup-<img src=x onerror=window.__xss=3>"
 
 
 def word_chunks(text: str) -> list[str]:
@@ -110,7 +114,8 @@ def test_conversations_appear_live_and_the_blocked_token_is_marked(
 
     settings, worker = streamed
     server = ServerThread(create_dashboard_app(settings.replace(dashboard_show_text=True))).start()
-    ids = [f"{tenant}-{uuid.uuid4().hex[:6]}" for tenant, _, _ in CONVERSATIONS]
+    ids = [f"{tenant}-{uuid.uuid4().hex[:6]}" for tenant, _, _ in CONVERSATIONS[:-1]]
+    ids.append(f"{MARKUP_ID}-{uuid.uuid4().hex[:6]}")
     sender = threading.Thread(target=stream_conversations, args=(settings, ids, 0.05), daemon=True)
     try:
         with sync_playwright() as p:
@@ -144,13 +149,21 @@ def test_conversations_appear_live_and_the_blocked_token_is_marked(
             expect(reply.locator(".tok.pending")).to_have_count(0)
             assert "Mix flour" in (reply.text_content() or "")
 
+            page.locator(f'li.conversation[data-id="{ids[3]}"]').click()
+            expect(page.locator("#d-id")).to_have_text(ids[3])
+            expect(page.locator("#d-messages .message[data-index='1']")).to_contain_text(
+                "<script>window.__xss=2</script>", timeout=90_000)
+            expect(page.locator("#d-messages .message[data-index='0']")).to_contain_text("<img src=x")
+            assert page.evaluate("window.__xss") is None
+            assert page.locator("#d-messages img, #d-messages b, #d-messages script, #conversations img").count() == 0
+
             # The view shown in the README: the blocked conversation, with every verdict in.
             sender.join(timeout=60)
             page.locator(f'li.conversation[data-id="{blocked_id}"]').click()
             expect(page.locator("#d-messages .message[data-index='1'] .tok.blocked")).to_have_count(1)
             page.locator("#d-history-button").click()
             expect(page.locator("#d-history-status")).to_contain_text("verdicts", timeout=30_000)
-            expect(page.locator("#s-conversations")).to_contain_text("3", timeout=10_000)
+            expect(page.locator("#s-conversations")).to_contain_text("4", timeout=10_000)
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             browser.close()
