@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -247,8 +248,15 @@ def test_the_gateway_serves_the_view_at_ui_unless_turned_off(settings: Settings)
 
 def test_the_page_and_its_assets_are_in_the_wheel(tmp_path: Path) -> None:
     """A non-editable install serves the page too: the assets are package data."""
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, timeout=300, cwd=tmp_path)
+    # Built from a copy: a build in the checkout would leave build/ and *.egg-info behind.
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    for package in ("pipeline", "workers", "schemas"):
+        shutil.copytree(REPO / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
+                   check=True, timeout=300, cwd=tmp_path)
     (wheel,) = tmp_path.glob("guardstream-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for asset in ("index.html", "app.js", "style.css"):
