@@ -217,7 +217,7 @@ def test_a_client_that_stops_reading_is_disconnected_and_the_others_go_on(settin
                 fast.get_nowait()
         assert dashboard.clients == {fast}
         assert slow.qsize() == 1 and slow.get_nowait() is None   # its stream ends; nothing else held
-        assert dashboard.metrics.clients_dropped._value.get() == 1
+        assert dashboard.metrics.registry.get_sample_value("guardstream_dashboard_clients_dropped_total") == 1
 
     asyncio.run(scenario())
 
