@@ -70,7 +70,7 @@ def test_demo_sends_conversations_through_the_gateway_and_shows_the_contrast(
     assert len(released) + len(flagged) + len(stopped) + len(refused) == 5, output[-6000:]
     assert released and (flagged or stopped or refused), f"the demo must show a contrast: {output[-6000:]}"
     assert f"{len(released)} released" in output
-    assert f"dashboard: http://127.0.0.1:{port}/ui" in output
+    assert f"dashboard: http://127.0.0.1:{port}/ui/" in output
     assert "stopped the demo's gateway, upstream and worker" in output
     assert not answers(f"http://127.0.0.1:{port}/v1/models"), "without --keep-stack the gateway is stopped"
     assert not (demo_state / "demo-processes.json").exists()
@@ -88,6 +88,7 @@ def test_demo_keep_stack_leaves_the_gateway_up_until_demo_stop(settings: Setting
         assert result.returncode == 0, output[-4000:]
         assert "guardstream demo --stop" in output
         assert answers(f"http://127.0.0.1:{port}/v1/models"), "--keep-stack leaves the gateway answering"
+        assert answers(f"http://127.0.0.1:{port}/ui/"), "and its dashboard"
     finally:
         stop = demo(settings, demo_state, port, "--stop")
     assert stop.returncode == 0, stop.stdout + stop.stderr

@@ -28,7 +28,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--keep-stack", action="store_true",
                    help="leave everything running afterwards (Kafka, Redis, worker, upstream, gateway and its "
-                        "dashboard at /ui); stop it with 'guardstream demo --stop' and 'guardstream down'")
+                        "dashboard at /ui/); stop it with 'guardstream demo --stop' and 'guardstream down'")
     p.add_argument("--stop", action="store_true",
                    help="stop the worker, upstream and gateway that a '--keep-stack' run left, then exit")
     p.add_argument("--conversations", type=int, default=9, metavar="N", help="how many sample conversations")

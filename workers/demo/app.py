@@ -113,8 +113,10 @@ def run_demo(settings: Settings, *, keep_stack: bool, conversations: int, token_
                                                   "--token-delay-ms", str(token_delay_ms)],
                               settings_env(settings), f"http://{upstream}/v1/models"))
         listen = gateway_listen(settings.listen, console)
+        # The dashboard at /ui/ shows the text too: the demo's conversations are its own samples.
         gateway_settings = settings.replace(upstream=f"http://{upstream}/v1", listen=listen,
-                                            gateway_tenant_header=settings.gateway_tenant_header or TENANT_HEADER)
+                                            gateway_tenant_header=settings.gateway_tenant_header or TENANT_HEADER,
+                                            gateway_ui=True, dashboard_show_text=True)
         address = client_address(listen)
         running.append(_start(state, "gateway", ["-m", "workers.cli", "gateway"], settings_env(gateway_settings),
                               f"http://{address}/v1/models"))
@@ -127,7 +129,8 @@ def run_demo(settings: Settings, *, keep_stack: bool, conversations: int, token_
         console.print(summary_table(outcomes))
         counts = {k: sum(o.outcome == k for o in outcomes) for k in OUTCOME_STYLE}
         console.print("    " + ", ".join(f"{n} {k}" for k, n in counts.items() if n))
-        console.print(f"[bold]dashboard:[/] http://{address}/ui   (the live view, served by the gateway)")
+        console.print(f"[bold]dashboard:[/] http://{address}/ui/   (the live view of these conversations, served by "
+                      "the gateway)")
         console.print(f"[bold]gateway:[/]   http://{address}/v1   metrics http://{address}/metrics")
         if not model.trained:
             console.print("[bold yellow]The model is UNTRAINED (random weights, biased toward Safe): its verdicts "
