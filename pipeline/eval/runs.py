@@ -163,7 +163,7 @@ class ReplayRunner:
         for offset, delta in enumerate(conversation_deltas(conversation, self.chunker, end=False)):
             self.scorer.apply(state, delta, encode(delta), SourceRef("eval", 0, offset), 0)
             while (request := self.scorer.pending(state)) is not None:
-                verdicts += self.scorer.absorb(state, self.engine.run([request])[0], 0)
+                verdicts += self.scorer.absorb(state, self.engine.run([request])[0], 0).verdicts
         self.engine.evict(state.key)
         if context is None:
             self.engine.rows.pop(state.key, None)

@@ -216,7 +216,9 @@ def _apply_all(scorer: Scorer, engine: HashEngine, deltas: list[TokenDelta]) -> 
         raw = d.text.encode("utf-8", "surrogatepass")   # what the broker held is not the point here
         reasons += [r.reason for r in scorer.apply(state, d, raw, SourceRef("t", 0, i), 0)]
         while (request := scorer.pending(state)) is not None:
-            verdicts += scorer.absorb(state, engine.run([request])[0], 0)
+            absorbed = scorer.absorb(state, engine.run([request])[0], 0)
+            verdicts += absorbed.verdicts
+            reasons += [r.reason for r in absorbed.rejections]
     return reasons, verdicts
 
 

@@ -265,16 +265,19 @@ class BatchProcessor:
                     ready.append((conv, request))
             if not ready:
                 return
-            for (conv, _request), outputs in zip(ready, self._run(ready, out, now_ms), strict=True):
-                if outputs is None or conv.state is None:
-                    continue
+            answered = [(conv, conv.state, outputs)
+                        for (conv, _), outputs in zip(ready, self._run(ready, out, now_ms), strict=True)
+                        if outputs is not None and conv.state is not None]
+            results = self.scorer.absorb_batch([(state, outputs) for _, state, outputs in answered], now_ms)
+            for (conv, _, outputs), result in zip(answered, results, strict=True):
                 out.tokens_scored += len(outputs)
-                try:
-                    out.verdicts.extend(self.scorer.absorb(conv.state, outputs, now_ms))
-                    conv.changed = True
-                except Exception as exc:
-                    log.exception("absorbing model outputs failed", extra={"conversation_key": conv.key})
-                    self._fail(conv, f"internal error while scoring: {exc!r}", out, now_ms)
+                if isinstance(result, Exception):
+                    log.error("absorbing model outputs failed", exc_info=result, extra={"conversation_key": conv.key})
+                    self._fail(conv, f"internal error while scoring: {result!r}", out, now_ms)
+                    continue
+                out.verdicts.extend(result.verdicts)
+                out.dlq.extend(self._dlq_of(r, now_ms) for r in result.rejections)
+                conv.changed = True
             out.conversations_scored += len(ready)
         for conv in convs:
             if not conv.failed and conv.state is not None and self.scorer.pending(conv.state):
