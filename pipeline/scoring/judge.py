@@ -9,14 +9,16 @@ message): the debounce over per-token argmax labels, fed online: ``flag`` at the
 pair and at an escalation to unsafe, ``progress`` every ``progress_every_tokens`` scored tokens
 while nothing blocking was flagged, ``final`` at the message's end.
 
-Vectorised over the micro-batch: one argmax per head over every scored assistant row of the batch
-(:meth:`Judge.argmax_batch`); the per-token debounce then runs on small integers. A softmax (the
-verdict's ``scores``) and objects are computed only where a verdict needs them: at a debounced pair
-and for the last token of a slice (the debounce keeps it for a safe final). Argmax of the logits is
-the argmax of their softmax, so the labels are the reference's exactly; the scores come from
-:func:`pipeline.decision.softmax_scores`, the reference's own function. A tenant rule with
-probability thresholds needs every token's probabilities: it takes the reference path token by
-token (:meth:`pipeline.decision.ResponseDebouncer.push`).
+Vectorised over the micro-batch (:meth:`Judge.argmax_batch`): one argmax per head and one float64
+softmax over every row of the batch; the per-token debounce then runs on small integers, and dicts
+and objects are built only where a verdict or the durable debounce needs them: the scores at a
+debounced pair and those of a slice's last token (the debounce keeps them for a safe final). No
+object or dict per token. Exactness: the argmax of the float32 logits is the argmax of their
+softmax, so the labels are the reference's (:func:`pipeline.decision.judge_tokens`); the softmax is
+the reference's float64 arithmetic row by row (:func:`pipeline.decision.softmax_scores`; pinned bit
+for bit by tests/scoring/test_judge.py). A tenant rule with probability thresholds needs every
+token's probabilities: it takes the reference path token by token
+(:meth:`pipeline.decision.ResponseDebouncer.push`).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decision import PairEvent, Risk, decide_prompt, judge_tokens, softmax_scores
+from pipeline.decision import SCORE_DIGITS, PairEvent, Risk, decide_prompt, judge_tokens, softmax_scores
 from pipeline.engine.types import HeadOutputs
 from pipeline.labels import LabelMaps, long_category, risk_name
 from pipeline.policy import PolicyBook, TenantPolicy
@@ -42,11 +44,12 @@ _NO_LABEL = -1
 
 
 @dataclass(frozen=True, slots=True)
-class Argmax:
-    """Per-row argmax of the response heads for one slice of scored rows."""
+class SliceLabels:
+    """The argmax labels of one slice of scored assistant rows, and the last row's risk softmax."""
 
-    risk: np.ndarray        # index into the risk labels, one per row
-    category: np.ndarray    # index into the category labels, one per row
+    risk: list[int]                  # index into the risk labels, per row
+    category: list[int]              # index into the category labels, per row
+    last_scores: dict[str, float]    # what the debounce keeps for a safe final
 
 
 class Judge:
@@ -60,48 +63,59 @@ class Judge:
         self.progress_every_tokens = progress_every_tokens
         self.include_token_labels = include_token_labels
         # Risk label index -> code; a label that is not a risk level fails when a token gets it.
-        self._codes = np.array([_CODES.get(risk_name(label), _NO_LABEL) for label in labels.response_risk],
-                               dtype=np.int64)
+        self._code_of = [_CODES.get(risk_name(label), _NO_LABEL) for label in labels.response_risk]
+        self._score_names = [risk_name(label) for label in labels.response_risk]
 
-    def argmax_batch(self, answers: Sequence[tuple[HeadOutputs, Taken]]) -> list[list[Argmax | None]] | None:
-        """Argmax of the response heads over every scored assistant row of the micro-batch at once.
+    def argmax_batch(self, answers: Sequence[tuple[HeadOutputs, Taken]]) -> list[list[SliceLabels | None]]:
+        """Labels for every scored assistant row of the micro-batch: one argmax per head and one
+        softmax for the whole batch.
 
-        One entry per answer, one per slice of it (None for user slices); None when the answers do
-        not stack (heads of different widths): each conversation is then judged on its own rows.
+        One list per answer, one entry per slice of it (None for user slices). Raises ValueError
+        when the answers do not stack (heads of different widths).
         """
-        risks: list[np.ndarray] = []
-        categories: list[np.ndarray] = []
-        for outputs, taken in answers:
-            for scored in taken.scored:
-                if scored.record.role != "user":
-                    risks.append(outputs.risk_logits[scored.rows])
-                    categories.append(outputs.category_logits[scored.rows])
-        if not risks:
-            return [[None] * len(taken.scored) for _, taken in answers]
-        try:
-            risk = np.concatenate(risks).argmax(axis=-1)
-            category = np.concatenate(categories).argmax(axis=-1)
-        except ValueError:
-            return None
-        out: list[list[Argmax | None]] = []
+        if not answers:
+            return []
+        offsets: list[int] = []
         at = 0
-        for _, taken in answers:
-            per: list[Argmax | None] = []
+        for outputs, _ in answers:
+            offsets.append(at)
+            at += outputs.risk_logits.shape[0]
+        risk_logits = np.concatenate([outputs.risk_logits for outputs, _ in answers])
+        risk = risk_logits.argmax(axis=-1).tolist()
+        category = np.concatenate([outputs.category_logits for outputs, _ in answers]).argmax(axis=-1).tolist()
+        # The same float64 arithmetic as pipeline.decision.softmax_scores, for every row at once;
+        # only each slice's last row becomes a dict (what the debounce keeps for a safe final).
+        wide = np.asarray(risk_logits, dtype=np.float64)
+        exp = np.exp(wide - wide.max(axis=-1, keepdims=True))
+        probs = (exp / exp.sum(axis=-1, keepdims=True)).tolist()
+        names = self._score_names
+        out: list[list[SliceLabels | None]] = []
+        for (_, taken), offset in zip(answers, offsets, strict=True):
+            per: list[SliceLabels | None] = []
             for scored in taken.scored:
                 if scored.record.role == "user":
                     per.append(None)
                     continue
-                n = len(scored.rows)
-                per.append(Argmax(risk[at:at + n], category[at:at + n]))
-                at += n
+                rows = scored.rows
+                first, last = offset + rows[0], offset + rows[-1]
+                if last - first + 1 == len(rows):     # contiguous: the usual case
+                    risks, categories = risk[first:last + 1], category[first:last + 1]
+                else:
+                    risks = [risk[offset + row] for row in rows]
+                    categories = [category[offset + row] for row in rows]
+                scores = {name: round(p, SCORE_DIGITS) for name, p in zip(names, probs[last], strict=True)}
+                per.append(SliceLabels(risks, categories, scores))
             out.append(per)
         return out
 
     def judge(
         self, state: ConversationState, outputs: HeadOutputs, taken: Taken, now_ms: int,
-        argmax: Sequence[Argmax | None] | None = None,
+        labels: Sequence[SliceLabels | None] | None = None,
     ) -> list[Verdict]:
-        """Verdicts for one conversation's answer, in message order; finals after the rest."""
+        """Verdicts for one conversation's answer, in message order; finals after the rest.
+
+        ``labels``: this answer's entry of :meth:`argmax_batch` (computed here when not given).
+        """
         policy = self.policies.for_tenant(state.tenant)
         verdicts: list[Verdict] = []
         for i, scored in enumerate(taken.scored):
@@ -110,11 +124,11 @@ class Judge:
             elif policy.rule.relabels:
                 self._response_by_token(state, scored, outputs, policy, now_ms, verdicts)
             else:
-                best = argmax[i] if argmax is not None else None
-                if best is None:
-                    best = Argmax(outputs.risk_logits[scored.rows].argmax(axis=-1),
-                                  outputs.category_logits[scored.rows].argmax(axis=-1))
-                self._response(state, scored, outputs, best, policy, now_ms, verdicts)
+                if labels is None:
+                    labels = self.argmax_batch([(outputs, taken)])[0]
+                mine = labels[i]
+                assert mine is not None
+                self._response(state, scored, outputs, mine, policy, now_ms, verdicts)
         for record in taken.finished:
             verdicts.append(message_final(state, record, policy, self.model_name, now_ms, self.include_token_labels))
         return verdicts
@@ -130,23 +144,24 @@ class Judge:
         record.done += 1
 
     def _response(
-        self, state: ConversationState, scored: ScoredRows, outputs: HeadOutputs, best: Argmax,
+        self, state: ConversationState, scored: ScoredRows, outputs: HeadOutputs, labels: SliceLabels,
         policy: TenantPolicy, now_ms: int, verdicts: list[Verdict],
     ) -> None:
         """The official rule (argmax labels, a run of ``debounce_tokens``) on integer labels."""
         record, spans = scored.record, scored.spans
-        codes = self._codes[best.risk]
-        if (codes == _NO_LABEL).any():
-            bad = self.labels.response_risk[int(best.risk[int(np.argmax(codes == _NO_LABEL))])]
+        code_of = self._code_of
+        codes = [code_of[r] for r in labels.risk]
+        if _NO_LABEL in codes:
+            bad = self.labels.response_risk[labels.risk[codes.index(_NO_LABEL)]]
             raise ValueError(f"risk label {bad!r} is not Safe, Unsafe or Controversial")
         if self.include_token_labels:
-            record.labels += codes.astype(np.uint8).tobytes()
+            record.labels += bytes(codes)
         debouncer = record.debouncer
         needed = policy.rule.debounce_tokens
         every = self.progress_every_tokens
         previous = _CODES[debouncer.previous] if debouncer.previous is not None else _NO_LABEL
         run, count, done = debouncer.run, debouncer.count, record.done
-        for i, code in enumerate(codes.tolist()):
+        for i, code in enumerate(codes):
             index = done
             done += 1
             # A state saved before ``run`` existed has run 0 with a previous label: a run of 1.
@@ -154,7 +169,7 @@ class Judge:
             previous = code
             if (code != _SAFE and run >= needed and debouncer.first_unsafe is None
                     and (code == _UNSAFE or debouncer.first_controversial is None)):
-                event = PairEvent(_NAMES[code], long_category(self.labels.response_category[int(best.category[i])]),
+                event = PairEvent(_NAMES[code], long_category(self.labels.response_category[labels.category[i]]),
                                   count, softmax_scores(outputs.risk_logits[scored.rows[i]], self.labels.response_risk))
                 if code == _UNSAFE:
                     debouncer.first_unsafe = event
@@ -172,7 +187,7 @@ class Judge:
                     verdicts.append(message_progress(state, record, index, cleared, self.model_name, now_ms))
         last = len(codes) - 1
         debouncer.count, debouncer.run, debouncer.previous = count, run, _NAMES[previous]
-        debouncer.last_scores = softmax_scores(outputs.risk_logits[scored.rows[last]], self.labels.response_risk)
+        debouncer.last_scores = labels.last_scores
         record.done = done
         record.last_span = (spans[2 * last], spans[2 * last + 1])
 

@@ -32,8 +32,6 @@ from array import array
 from bisect import bisect_left
 from dataclasses import dataclass
 
-import numpy as np
-
 from pipeline.engine.types import FeedRequest
 from pipeline.scoring.state import (
     ConversationState,
@@ -57,7 +55,7 @@ class ScoredRows:
     """Rows of one engine answer that are scored tokens of one message, with their character spans."""
 
     record: MessageScoring
-    rows: np.ndarray        # int64 row indices into the engine's HeadOutputs, ascending
+    rows: list[int]         # row indices into the engine's HeadOutputs, ascending
     spans: array[int]       # packed (start, end) per row: the token's characters in the message text
 
 
@@ -123,9 +121,14 @@ class StreamRenderer:
                 continue
             positions = unpack(record.positions)
             take = bisect_left(positions, start + count) - bisect_left(positions, start)
-            if take:
-                rows = np.asarray(positions[:take], dtype=np.int64) - start
-                spans = unpack(record.spans)
+            if not take:
+                continue
+            rows = [position - start for position in positions[:take]]
+            spans = unpack(record.spans)
+            if take == len(positions):   # the usual case: every scored token so far is answered
+                scored.append(ScoredRows(record, rows, spans))
+                record.positions, record.spans = b"", b""
+            else:
                 scored.append(ScoredRows(record, rows, spans[: 2 * take]))
                 record.positions, record.spans = pack(positions[take:]), pack(spans[2 * take:])
         state.absorbed = start + count
@@ -306,12 +309,10 @@ class StreamRenderer:
     ) -> list[str]:
         if not spans.ids or message.truncated:
             return []
-        tokens = unpack(state.token_ids)
-        room = self.max_context_tokens - reserve - len(tokens)
+        start = state.stream_length
+        room = self.max_context_tokens - reserve - start
         ids, kept = spans.ids[: max(room, 0)], spans.spans[: max(room, 0)]
-        start = len(tokens)
-        tokens.extend(ids)
-        state.token_ids = pack(tokens)
+        state.token_ids += pack(ids)
         record = self._scoring_of(state, message)
         if record is not None and message.role == "assistant":
             record.positions += pack(list(range(start, start + len(ids))))

@@ -145,16 +145,16 @@ class Scorer:
                 taken.append(exc)
         ok = [(outputs, t) for (_, outputs), t in zip(answers, taken, strict=True) if not isinstance(t, Exception)]
         try:
-            argmax = self.judge.argmax_batch(ok)
+            labels = self.judge.argmax_batch(ok)
         except Exception:   # judged one by one below, so that only the culprit fails
-            argmax = None
+            labels = None
         results: list[Absorbed | Exception] = []
         k = 0
         for (state, outputs), t in zip(answers, taken, strict=True):
             if isinstance(t, Exception):
                 results.append(t)
                 continue
-            mine = argmax[k] if argmax is not None else None
+            mine = labels[k] if labels is not None else None
             k += 1
             try:
                 verdicts = self.judge.judge(state, outputs, t, now_ms, mine)

@@ -11,7 +11,7 @@ import msgspec
 import numpy as np
 import pytest
 
-from pipeline.decision import ThresholdRule, decide_response
+from pipeline.decision import ThresholdRule, decide_response, softmax_scores
 from pipeline.engine.types import HeadOutputs
 from pipeline.labels import LabelMaps
 from pipeline.policy import PolicyBook, TenantPolicy
@@ -71,7 +71,7 @@ def test_vectorised_judge_equals_the_reference_token_by_token(seed: int, debounc
 
     def taken(record: MessageScoring, start: int, n: int) -> Taken:
         spans = array("I", [x for t in range(start, start + n) for x in (4 * t, 4 * t + 4)])
-        return Taken([ScoredRows(record, np.arange(start, start + n, dtype=np.int64), spans)], [])
+        return Taken([ScoredRows(record, list(range(start, start + n)), spans)], [])
 
     expected, got = [], []
     for step in range(max(len(c) for c in cuts.values())):
@@ -84,10 +84,9 @@ def test_vectorised_judge_equals_the_reference_token_by_token(seed: int, debounc
         answers = [(fast_outputs[id(s)], taken(r, *fast_cuts[id(s)][step]))
                    for s, r in fast if step < len(fast_cuts[id(s)])]
         batch = judge.argmax_batch(answers)   # one argmax over the whole micro-batch
-        assert batch is not None
         states = [s for s, _ in fast if step < len(fast_cuts[id(s)])]
-        for state, (out, t), argmax in zip(states, answers, batch, strict=True):
-            got += judge.judge(state, out, t, 7, argmax)
+        for state, (out, t), labels in zip(states, answers, batch, strict=True):
+            got += judge.judge(state, out, t, 7, labels)
     assert [msgspec.to_builtins(v) for v in got] == [msgspec.to_builtins(v) for v in expected]
     assert any(v.kind == "flag" for v in got) and any(v.kind == "progress" for v in got)
     for (_, a), (_, b) in zip(convs, fast, strict=True):
@@ -107,4 +106,18 @@ def test_a_risk_label_that_is_no_risk_level_fails_as_the_reference_does() -> Non
     out = HeadOutputs(np.array([[0, 0, 9]], dtype=np.float32), np.zeros((1, 8), dtype=np.float32),
                       np.zeros((1, 3), dtype=np.float32), np.zeros((1, 9), dtype=np.float32))
     with pytest.raises(ValueError, match="Weird"):
-        judge.judge(state, out, Taken([ScoredRows(record, np.array([0]), array("I", [0, 1]))], []), 0)
+        judge.judge(state, out, Taken([ScoredRows(record, [0], array("I", [0, 1]))], []), 0)
+
+
+def test_the_batched_softmax_equals_the_reference_softmax_bit_for_bit() -> None:
+    """The debounce keeps the last token's scores: the batched softmax must give the reference's."""
+    rng = np.random.default_rng(7)
+    judge = Judge(LabelMaps(), PolicyBook(), "m")
+    for scale in (0.1, 1.0, 10.0, 60.0):
+        logits = (rng.normal(size=(400, 3)) * scale).astype(np.float32)
+        out = HeadOutputs(logits, np.zeros((400, 8), dtype=np.float32), np.zeros((400, 3), dtype=np.float32),
+                          np.zeros((400, 9), dtype=np.float32))
+        answers = [(out, Taken([ScoredRows(MessageScoring(0, "assistant"), [row], array("I", [0, 1]))], []))
+                   for row in range(400)]
+        got = [labels[0].last_scores for labels in judge.argmax_batch(answers)]   # type: ignore[union-attr]
+        assert got == [softmax_scores(logits[row], LabelMaps().response_risk) for row in range(400)]

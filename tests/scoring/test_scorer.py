@@ -332,7 +332,7 @@ def test_encoded_state_is_a_few_bytes_per_token(
                 Message("user", "Go on, and make it longer still. " * 10)]
     scorer = make_scorer()
     run = drive(scorer, engine, chunked("big", messages, 16, None))
-    tokens = len(run.state.token_ids) // 4
+    tokens = run.state.stream_length
     size = len(scorer.encode_state(run.state))
     print(f"\nencoded state: {size} bytes for {tokens} tokens = {size / tokens:.2f} bytes/token")
     assert tokens > 1000
