@@ -48,7 +48,7 @@ python-deps: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[torch,bench,gateway,dev]"
+	$(BIN)/pip install -q -e ".[torch,bench,gateway,demo,dev]"
 	touch $(STAMP)
 
 kafka-jars: python-deps

@@ -237,9 +237,9 @@ class Settings:
                       "gateway"),
     )
     gateway_ui: bool = field(
-        default=True,
-        metadata=_opt("Gateway: serve the live dashboard at /ui (every tenant's verdicts, to whoever reaches the "
-                      "gateway: turn off where clients must not see them, docs/dashboard.md)", "gateway"),
+        default=False,
+        metadata=_opt("Gateway: also serve the live dashboard at /ui (every tenant's verdicts, to whoever reaches "
+                      "the gateway: only where clients may see them, docs/dashboard.md)", "gateway"),
     )
     # --- dashboard (docs/dashboard.md) ----------------------------------------------------------
     dashboard_listen: str = field(

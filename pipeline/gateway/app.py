@@ -160,7 +160,7 @@ class Gateway:
                         continue
                     self._ended(conversation_id, False, item, tenant)
                     return JSONResponse(wire.completion(_meta(item, model), "".join(parts), item.finish_reason,
-                                                        item.upstream.usage, item.verdict))
+                                                        item.upstream.usage, item.verdict or item.flagged))
         except UpstreamError as exc:
             self.metrics.requests.labels("false", "upstream_error").inc()
             return _error(exc.status, str(exc), "upstream_error")
@@ -186,8 +186,8 @@ class Gateway:
                         first = False
                         continue
                     self._ended(conversation_id, True, item, tenant)
-                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict,
-                                           retracted=item.retracted))
+                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason,
+                                           verdict=item.verdict or item.flagged, retracted=item.retracted))
                     if include_usage and item.upstream.usage is not None:
                         yield _data(wire.usage_chunk(meta, item.upstream.usage))
                     yield {"data": "[DONE]"}

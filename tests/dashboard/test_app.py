@@ -222,10 +222,10 @@ def test_a_client_that_stops_reading_is_disconnected_and_the_others_go_on(settin
     asyncio.run(scenario())
 
 
-def test_the_gateway_serves_the_view_at_ui_unless_turned_off(settings: Settings) -> None:
+def test_the_gateway_serves_the_view_at_ui_only_when_turned_on(settings: Settings) -> None:
     from pipeline.gateway.app import create_app
 
-    on = ServerThread(create_app(settings.replace(upstream="http://127.0.0.1:9/v1"))).start()
+    on = ServerThread(create_app(settings.replace(upstream="http://127.0.0.1:9/v1", gateway_ui=True))).start()
     try:
         redirect = httpx.get(f"{on.url}/ui")
         assert redirect.status_code == 307 and redirect.headers["location"].endswith("/ui/")
@@ -239,7 +239,7 @@ def test_the_gateway_serves_the_view_at_ui_unless_turned_off(settings: Settings)
             "blocked"]
     finally:
         on.stop()
-    off = ServerThread(create_app(settings.replace(upstream="http://127.0.0.1:9/v1", gateway_ui=False))).start()
+    off = ServerThread(create_app(settings.replace(upstream="http://127.0.0.1:9/v1"))).start()   # the default
     try:
         assert httpx.get(f"{off.url}/ui/").status_code == 404
     finally:

@@ -29,7 +29,7 @@ examples:
   guardstream dashboard                                    # http://127.0.0.1:8090/ui/
   guardstream dashboard --listen 0.0.0.0:8090 --show-text  # text too, reachable from other hosts
   guardstream dashboard --dashboard-start earliest         # rebuild the view from what the topics retain
-The gateway serves the same page at /ui on its own address (--no-gateway-ui turns it off).
+With --gateway-ui the gateway serves the same page at /ui on its own address.
 """
 
 
