@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 
 from pipeline.conversations import Conversation, Message
 from pipeline.decision import OFFICIAL_RULE, Decision, decide_prompt, decide_response
-from pipeline.engine.types import FeedRequest, HeadOutputs
+from pipeline.engine.types import NO_CACHE, FeedRequest, HeadOutputs
 from pipeline.labels import LabelMaps
 from pipeline.model.modeling import Qwen3GuardStream
 from pipeline.policy import PolicyBook
@@ -285,6 +285,8 @@ class ReferenceEngine:
     Slow (the official approach's cost) but cache-free: a yardstick for the incremental engine,
     and an engine the scoring code can run on without ONNX.
     """
+
+    cache = NO_CACHE
 
     def __init__(self, model: Qwen3GuardStream, model_name: str) -> None:
         self.model = model

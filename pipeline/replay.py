@@ -73,7 +73,9 @@ class Replayer:
             result.rejections += self.scorer.apply(state, delta, encode(delta), source, now_ms)
             while (request := self.scorer.pending(state)) is not None:
                 outputs = self.engine.run([request])[0]
-                result.verdicts += self.scorer.absorb(state, outputs, now_ms)
+                absorbed = self.scorer.absorb(state, outputs, now_ms)
+                result.verdicts += absorbed.verdicts
+                result.rejections += absorbed.rejections
         self.engine.evict(state.key)
         return result
 

@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.chunking import Chunker
 from pipeline.decision import ResponseDebouncer, ThresholdRule, TokenJudgement, decide_prompt, judge_tokens
 from pipeline.deltas import conversation_deltas
-from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.engine.types import EngineCache, FeedRequest, HeadOutputs, StreamEngine
 from pipeline.eval.dataset import EvalSample
 from pipeline.eval.metrics import Outcome
 from pipeline.labels import LabelMaps
@@ -109,6 +109,10 @@ class RecordingEngine:
         self.model_name = inner.model_name
         self.rows: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
 
+    @property
+    def cache(self) -> EngineCache:
+        return self.inner.cache
+
     def run(self, requests: Sequence[FeedRequest]) -> list[HeadOutputs]:
         results = self.inner.run(requests)
         for request, out in zip(requests, results, strict=True):
@@ -163,7 +167,7 @@ class ReplayRunner:
         for offset, delta in enumerate(conversation_deltas(conversation, self.chunker, end=False)):
             self.scorer.apply(state, delta, encode(delta), SourceRef("eval", 0, offset), 0)
             while (request := self.scorer.pending(state)) is not None:
-                verdicts += self.scorer.absorb(state, self.engine.run([request])[0], 0)
+                verdicts += self.scorer.absorb(state, self.engine.run([request])[0], 0).verdicts
         self.engine.evict(state.key)
         if context is None:
             self.engine.rows.pop(state.key, None)

@@ -70,7 +70,9 @@ def drive(
     def settle() -> None:
         while (request := scorer.pending(run.state)) is not None:
             run.rounds += 1
-            run.verdicts.extend(scorer.absorb(run.state, engine.run([request])[0], now_ms))
+            absorbed = scorer.absorb(run.state, engine.run([request])[0], now_ms)
+            run.verdicts.extend(absorbed.verdicts)
+            run.rejections += absorbed.rejections
             if roundtrip is not None:
                 run.state = roundtrip.decode_state(scorer.encode_state(run.state))
 

@@ -216,7 +216,9 @@ def _apply_all(scorer: Scorer, engine: HashEngine, deltas: list[TokenDelta]) -> 
         raw = d.text.encode("utf-8", "surrogatepass")   # what the broker held is not the point here
         reasons += [r.reason for r in scorer.apply(state, d, raw, SourceRef("t", 0, i), 0)]
         while (request := scorer.pending(state)) is not None:
-            verdicts += scorer.absorb(state, engine.run([request])[0], 0)
+            absorbed = scorer.absorb(state, engine.run([request])[0], 0)
+            verdicts += absorbed.verdicts
+            reasons += [r.reason for r in absorbed.rejections]
     return reasons, verdicts
 
 
@@ -330,7 +332,7 @@ def test_encoded_state_is_a_few_bytes_per_token(
                 Message("user", "Go on, and make it longer still. " * 10)]
     scorer = make_scorer()
     run = drive(scorer, engine, chunked("big", messages, 16, None))
-    tokens = len(run.state.token_ids) // 4
+    tokens = run.state.stream_length
     size = len(scorer.encode_state(run.state))
     print(f"\nencoded state: {size} bytes for {tokens} tokens = {size / tokens:.2f} bytes/token")
     assert tokens > 1000
