@@ -3,7 +3,7 @@
 Every sample becomes a conversation with a run-unique id, cut into TokenDeltas (the chosen
 chunking) and published to the input topic; the verdict topic is read from its end (pinned before
 the first send) until every sample has the final verdict of its judged message. Outcomes come from
-the flag and final verdicts exactly as in the replay path (pipeline.eval.runs), so the metrics are
+the flag and final verdicts exactly as in the simulated-stream path (pipeline.eval.runs), so the metrics are
 the same numbers; added: the verdicts' ``latency_ms`` (verdict time minus the stamped send time of
 the delta that completed it, measured by the worker), which includes any backlog the send rate
 creates. The worker applies its own policy file; ``--tenant`` sets the samples' tenant.
