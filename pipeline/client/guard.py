@@ -15,18 +15,14 @@ Released text, blocks and retractions arrive as :class:`ReleaseEvent`s on ``msg.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from pipeline.client.release import Mode, ReleaseBuffer, ReleaseEvent
 from pipeline.client.transport import DeltaPublisher, VerdictFollower
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from schemas.messages import Role, TokenDelta, Verdict
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -81,7 +77,7 @@ class GuardedMessage:
     def _delta(self, seq: int, text: str, final: bool) -> TokenDelta:
         return TokenDelta(
             conversation_id=self.conversation_id, message_index=self.message_index, role=self.role, seq=seq,
-            text=text, final=final, reasoning=self.reasoning, tenant=self.tenant, ts_ms=_now_ms(),
+            text=text, final=final, reasoning=self.reasoning, tenant=self.tenant, ts_ms=now_ms(),
         )
 
     def _on_verdict(self, verdict: Verdict) -> None:
@@ -165,7 +161,7 @@ class GuardClient:
     async def end(self, conversation_id: str, *, tenant: str | None = None) -> None:
         """Close the conversation: the workers free its state."""
         delta = TokenDelta(conversation_id=conversation_id, type="end", tenant=tenant or self.tenant,
-                           ts_ms=_now_ms())
+                           ts_ms=now_ms())
         await self._publish(delta, True)
         self.forget(conversation_id)
 
@@ -175,7 +171,7 @@ class GuardClient:
         if self._publisher is None:
             raise RuntimeError("GuardClient.start() (or 'async with') first")
         self._publisher.publish(TokenDelta(conversation_id=conversation_id, type="end",
-                                           tenant=tenant or self.tenant, ts_ms=_now_ms()))
+                                           tenant=tenant or self.tenant, ts_ms=now_ms()))
         self.forget(conversation_id)
 
     def forget(self, conversation_id: str) -> None:

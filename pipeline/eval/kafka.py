@@ -20,6 +20,7 @@ from typing import Any
 import msgspec
 
 from pipeline.chunking import Chunker
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from pipeline.conversations import Conversation
 from pipeline.deltas import conversation_deltas
@@ -91,7 +92,7 @@ def run_through_kafka(settings: Settings, samples: Sequence[EvalSample], text: T
             for delta in conversation_deltas(sample.conversation, chunker, end=True):
                 if rate > 0 and (wait := started + sent / rate - time.monotonic()) > 0:
                     time.sleep(wait)
-                value = encode(msgspec.structs.replace(delta, ts_ms=int(time.time() * 1000)))
+                value = encode(msgspec.structs.replace(delta, ts_ms=now_ms()))
                 while True:
                     try:
                         producer.produce(settings.topic_in, key=delta.conversation_id, value=value,

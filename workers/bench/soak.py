@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_environment, settings_from_args
 from pipeline.errors import UserError
 
@@ -199,7 +200,7 @@ class _Load:
             for seq, text in enumerate(tokens):
                 yield cid, encode(TokenDelta(conversation_id=cid, message_index=index, role=role,  # type: ignore[arg-type]
                                              seq=seq, text=text, final=seq == len(tokens) - 1,
-                                             ts_ms=int(time.time() * 1000)))
+                                             ts_ms=now_ms()))
         yield cid, encode(TokenDelta(conversation_id=cid, type="end"))
 
     def _hostile(self, rng: random.Random) -> tuple[str, bytes]:

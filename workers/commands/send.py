@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.chunking import CHUNK_MODES
+from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.deltas import INTERLEAVE_MODES
 from pipeline.errors import UserError
@@ -140,7 +141,7 @@ def _publish(
                 wait = started + i / rate - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            value = encode(msgspec.structs.replace(delta, ts_ms=int(time.time() * 1000)))
+            value = encode(msgspec.structs.replace(delta, ts_ms=now_ms()))
             while True:
                 try:
                     producer.produce(settings.topic_in, key=delta.conversation_id, value=value, on_delivery=on_delivery)

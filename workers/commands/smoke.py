@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+from pipeline.clock import now_ms
 from pipeline.config import add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
 
@@ -109,4 +110,4 @@ def run(args: argparse.Namespace) -> int:
 def _stamped(delta: Any) -> Any:
     import msgspec
 
-    return msgspec.structs.replace(delta, ts_ms=int(time.time() * 1000))
+    return msgspec.structs.replace(delta, ts_ms=now_ms())

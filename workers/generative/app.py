@@ -54,6 +54,7 @@ from typing import Any
 
 import msgspec
 
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, dlq_record, encode_fitting, reason_class
 from pipeline.errors import UserError
@@ -97,10 +98,6 @@ SHUTDOWN_GRACE_S = 20.0
 EXIT_WRITE_FAILED = 75   # EX_TEMPFAIL: restart the worker; its unacked events are redone
 
 log = get_logger("guardstream.generative")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def draft_limits(settings: Settings) -> DraftLimits:
@@ -277,7 +274,7 @@ class ConversationRuler:
         verdict = generative_verdict(
             conversation_id=conversation_id, message_index=index, role=draft.messages[index].role,
             tenant=draft.tenant, ruling=ruling, policies=self.policies, model=self.model_name,
-            now_ms=_now_ms(), sent_ms=delta.ts_ms,
+            now_ms=now_ms(), sent_ms=delta.ts_ms,
         )
         delivery = await self.verdicts_topic.send(key=conversation_id.encode("utf-8"), value=encode(verdict),
                                                   force=True)
@@ -410,7 +407,7 @@ class ConversationRuler:
         key = bytes(event.key) if isinstance(event.key, bytes | bytearray) else None
         message = event.message
         await self._send_dlq(dlq_record(reason, raw, message.topic, message.partition, message.offset, WORKER_NAME,
-                                        _now_ms(), key=key, conversation_id=conversation_id))
+                                        now_ms(), key=key, conversation_id=conversation_id))
         log.warning("dead letter", extra={"reason": bounded(reason), "partition": message.partition,
                                           "offset": message.offset})
 
