@@ -20,13 +20,12 @@ from typing import Any, Literal
 
 from pipeline.decision import OFFICIAL_RULE, ThresholdRule
 from pipeline.errors import UserError
-
-Mode = Literal["strict", "loose"]
+from schemas.policy import PolicyMode
 
 
 @dataclass(frozen=True)
 class TenantPolicy:
-    mode: Mode = "strict"
+    mode: PolicyMode = "strict"
     allowed_categories: frozenset[str] = field(default_factory=frozenset)
     rule: ThresholdRule = OFFICIAL_RULE   # how a response's tokens are labelled and debounced
 

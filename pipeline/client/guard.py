@@ -18,7 +18,7 @@ import asyncio
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from pipeline.client.release import Mode, ReleaseBuffer, ReleaseEvent
+from pipeline.client.release import ReleaseBuffer, ReleaseEvent, ReleaseMode
 from pipeline.client.transport import DeltaPublisher, VerdictFollower
 from pipeline.clock import now_ms
 from pipeline.config import Settings
@@ -102,9 +102,9 @@ class GuardedMessage:
 class GuardClient:
     """Publishes deltas to ``guard.in`` and follows the verdicts of its own conversations."""
 
-    def __init__(self, settings: Settings, *, mode: Mode = "guarded", tenant: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, mode: ReleaseMode = "guarded", tenant: str | None = None) -> None:
         self.settings = settings
-        self.mode: Mode = mode
+        self.mode: ReleaseMode = mode
         self.tenant = tenant
         self._publisher: DeltaPublisher | None = None
         self._follower: VerdictFollower | None = None
@@ -145,7 +145,7 @@ class GuardClient:
         tenant: str | None = None,
         message_index: int | None = None,
         reasoning: bool = False,
-        mode: Mode | None = None,
+        mode: ReleaseMode | None = None,
     ) -> GuardedMessage:
         """A new message of a conversation; its index follows the previous one unless given."""
         if self._follower is None:

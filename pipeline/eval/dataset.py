@@ -28,8 +28,9 @@ from typing import Any, Literal, cast
 from pipeline.conversations import Conversation, Message, parse_conversation, parse_message
 from pipeline.errors import UserError
 from pipeline.tokens.text import TextTokenizer
+from schemas.messages import Risk
 
-Label = Literal["safe", "controversial", "unsafe"]
+Label = Risk   # a sample's gold label
 Split = Literal["auto", "classify", "loc"]
 LOC_FIELDS = ("unsafe_start_index", "unsafe_end_index")
 # Fields an evaluation line may add to a conversations-format object (``unsafe_sentence`` documents
