@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
@@ -28,6 +27,7 @@ from pipeline.errors import UserError
 from pipeline.eval.dataset import EvalSample
 from pipeline.eval.metrics import Outcome, percentiles
 from pipeline.eval.runs import SampleRun, context_of, outcome_from_verdicts
+from pipeline.kafka.readers import verdict_reader
 from pipeline.tokens.text import TextTokenizer
 from schemas.messages import Verdict, decode_verdict, encode
 
@@ -37,30 +37,6 @@ class KafkaResult:
     runs: list[SampleRun]
     latency: dict[str, dict[str, float | None]] = field(default_factory=dict)
     duplicates: int = 0     # verdicts seen twice (at-least-once delivery), ignored
-
-
-def _verdict_consumer(settings: Settings) -> Any:
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    from pipeline.kafka.clients import consumer_config
-
-    consumer = Consumer(consumer_config(settings, f"guardstream-eval-{uuid.uuid4().hex[:12]}"))
-    try:
-        metadata = consumer.list_topics(settings.topic_verdicts, timeout=10)
-    except KafkaException as exc:
-        consumer.close()
-        raise UserError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}; is it running?") from None
-    topic = metadata.topics.get(settings.topic_verdicts)
-    if topic is None or topic.error is not None or not topic.partitions:
-        consumer.close()
-        raise UserError(f"topic {settings.topic_verdicts} does not exist; create it with 'guardstream topics'")
-    assignment = []
-    for partition in sorted(topic.partitions):
-        # Pin the end before sending: verdicts of this run are never skipped, older ones never read.
-        _, end = consumer.get_watermark_offsets(TopicPartition(settings.topic_verdicts, partition), timeout=10)
-        assignment.append(TopicPartition(settings.topic_verdicts, partition, end))
-    consumer.assign(assignment)
-    return consumer
 
 
 def run_through_kafka(settings: Settings, samples: Sequence[EvalSample], text: TextTokenizer, chunker: Chunker,
@@ -77,7 +53,7 @@ def run_through_kafka(settings: Settings, samples: Sequence[EvalSample], text: T
                                                          sample.unsafe_start, sample.unsafe_end)
     if len(by_id) != len(samples):
         raise UserError("two samples share a conversation id after prefixing; give samples unique ids")
-    consumer = _verdict_consumer(settings)
+    consumer = verdict_reader(settings, "eval")
     producer = make_producer(settings)
     failures: list[str] = []
 

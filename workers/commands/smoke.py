@@ -44,12 +44,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
     from pipeline.chunking import Chunker
     from pipeline.conversations import Conversation, Message
     from pipeline.deltas import conversation_deltas
-    from pipeline.kafka.clients import consumer_config, make_producer, require_kafka
+    from pipeline.kafka.clients import make_producer, require_kafka
+    from pipeline.kafka.readers import verdict_reader
     from schemas.messages import decode_verdict, encode
 
     settings = settings_from_args(args)
@@ -60,19 +59,8 @@ def run(args: argparse.Namespace) -> int:
     sources = ("stream", "generative") if args.generative else ("stream",)
     wanted = {(index, source) for index in range(len(CANARY_MESSAGES)) for source in sources}
 
-    consumer = Consumer(consumer_config(settings, f"guardstream-smoke-{uuid.uuid4().hex[:12]}"))
+    consumer = verdict_reader(settings, "smoke", also_require=(settings.topic_in,))
     try:
-        metadata = consumer.list_topics(timeout=10)
-        for topic in (settings.topic_in, settings.topic_verdicts):
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None or not found.partitions:
-                raise UserError(f"topic {topic} does not exist; create it with 'guardstream topics'")
-        # Start at the current end, pinned before the canary is sent, so none of its verdicts is missed.
-        partitions = sorted(metadata.topics[settings.topic_verdicts].partitions)
-        consumer.assign([TopicPartition(settings.topic_verdicts, p,
-                                        consumer.get_watermark_offsets(
-                                            TopicPartition(settings.topic_verdicts, p), timeout=10)[1])
-                         for p in partitions])
         producer = make_producer(settings)
         started = time.monotonic()
         for delta in conversation_deltas(canary, Chunker("chars", 8)):
