@@ -238,25 +238,15 @@ def _rss_mb(pid: int) -> float:
 
 
 def _lag(settings: Settings) -> int:
-    """Input records after the group's committed offsets (what is still to be judged)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    """Input records after the group's committed offsets (what is still to be judged); -1: unknown."""
+    from confluent_kafka import KafkaException
 
-    from pipeline.kafka.clients import consumer_config
+    from pipeline.kafka.lag import committed_lag
 
-    consumer = Consumer(consumer_config(settings, settings.stream_group))
     try:
-        tps = [TopicPartition(settings.topic_in, p) for p in range(settings.partitions)]
-        try:
-            committed = consumer.committed(tps, timeout=10)
-        except KafkaException:
-            return -1
-        lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
+        return committed_lag(settings)
+    except KafkaException:
+        return -1
 
 
 def summarise(samples: list[Sample]) -> dict[str, Any]:
