@@ -250,9 +250,6 @@ class Settings:
     log_level: str = field(
         default="INFO", metadata=_opt("Log level", "ops", ["DEBUG", "INFO", "WARNING", "ERROR"])
     )
-    log_text: bool = field(
-        default=False, metadata=_opt("Include message text in logs (off: privacy by default)", "ops")
-    )
 
     # ---------------------------------------------------------------------------------------
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Structured JSON logs. Message text is never logged unless ``log_text`` is on."""
+"""Structured JSON logs, one object a line. No log line carries message text (privacy by default)."""
 
 from __future__ import annotations
 
