@@ -113,7 +113,8 @@ class Settings:
         default=10, metadata=_opt("Longest wait to fill a micro-batch, milliseconds", "worker")
     )
     max_inflight_deltas: int = field(
-        default=5000, metadata=_opt("Buffered deltas before partitions are paused (backpressure)", "worker")
+        default=5000, metadata=_opt("Most deltas polled into one batch (also capped by max_batch_tokens); the "
+                                    "loop is synchronous, so this bounds the deltas in flight", "worker")
     )
     progress_every_tokens: int = field(
         default=16, metadata=_opt("Emit a progress watermark every N scored tokens (0: only at final)", "worker")
