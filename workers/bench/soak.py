@@ -13,7 +13,6 @@ compared with (same run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -28,6 +27,7 @@ from typing import Any
 from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_environment, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.results import cpu_count, figure, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
              "max_text_bytes")
@@ -63,12 +63,10 @@ class Sample:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stack.probes import kafka_answers, redis_answers
     from workers.bench.e2e import _engine
 
     settings = settings_from_args(args)
-    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
-        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
+    require_stack(settings)
     if args.minutes <= 0 or args.rate <= 0 or not 0 <= args.hostile < 1:
         raise UserError("--minutes and --rate must be positive and --hostile in [0, 1)")
     _, model_path, model_label = _engine(args.model, settings)
@@ -77,13 +75,11 @@ def run(args: argparse.Namespace) -> int:
     samples, worker_code = soak(settings.replace(model=model_path), args.minutes * 60, args.rate,
                                 args.concurrency, args.hostile, args.sample_s, out / "soak-worker.log")
     payload = {"model": model_label, "minutes": args.minutes, "rate_records_per_s": args.rate,
-               "concurrency": args.concurrency, "hostile_fraction": args.hostile, "cpu_count": os.cpu_count(),
+               "concurrency": args.concurrency, "hostile_fraction": args.hostile, "cpu_count": cpu_count(),
                "worker_exit_code": worker_code, "summary": summarise(samples),
                "samples": [asdict(s) for s in samples]}
-    (out / "soak.json").write_text(json.dumps(payload, indent=2))
-    _plot(samples, out / "soak.png")
-    print(markdown_table(samples))
-    print(f"wrote {out / 'soak.json'} and {out / 'soak.png'} (worker log {out / 'soak-worker.log'})")
+    write_results(out, "soak", payload, lambda path: _plot(samples, path), markdown_table(samples),
+                  also=(out / "soak-worker.log",))
     if worker_code is not None:
         raise UserError(f"the stream worker died during the soak (exit code {worker_code}); see "
                         f"{out / 'soak-worker.log'}")
@@ -290,12 +286,7 @@ def markdown_table(samples: list[Sample]) -> str:
 
 
 def _plot(samples: list[Sample], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = figure(3, (13, 3.6))
     ts = [s.t_s / 60 for s in samples]
     series = (([s.worker_rss_mb for s in samples], "worker RSS", "MB"),
               ([s.redis_used_mb for s in samples], "Redis used_memory", "MB"),
@@ -307,6 +298,4 @@ def _plot(samples: list[Sample], path: Path) -> None:
         ax.set_ylabel(unit)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
