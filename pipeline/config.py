@@ -310,6 +310,11 @@ def settings_fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Settings)
 
 
+def settings_in_group(group: str) -> tuple[str, ...]:
+    """Names of the settings of one group, in declaration order (e.g. ``kafka``: bootstrap and security)."""
+    return tuple(f.name for f in settings_fields() if f.metadata["group"] == group)
+
+
 def _coerce(f: dataclasses.Field[Any], raw: str, source: str) -> Any:
     kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
     try:

@@ -8,14 +8,10 @@ import uuid
 from typing import Any
 
 from pipeline.clock import now_ms
-from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.config import add_settings_arguments, settings_from_args, settings_in_group
 from pipeline.errors import UserError
 
-KAFKA_SETTINGS = [
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra",
-]
+KAFKA_SETTINGS = settings_in_group("kafka")
 CANARY_MESSAGES = (("user", "Smoke test: what is the capital of France?"),
                    ("assistant", "The capital of France is Paris."))
 
