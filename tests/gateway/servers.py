@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -21,12 +20,7 @@ from starlette.routing import Route
 
 from pipeline.config import Settings
 from pipeline.gateway.app import create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from pipeline.ops.ports import free_port
 
 
 class ServerThread:

@@ -190,14 +190,6 @@ def _plot(report: dict[str, Any], path: Path) -> None:
 
 
 # --- live: one generative worker process on the local stack --------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _read_topic(settings: Any, topic: str, timeout_s: float = 120.0) -> list[tuple[bytes, bytes | None]]:
     """Every record of ``topic`` from the beginning (key, value)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -265,10 +257,10 @@ def run_live(run: LiveRun, log_path: Path) -> dict[str, Any]:
     """Seconds from the first of ``count`` deltas to the message's ruling, and the changelog it left."""
     import subprocess
     import sys
-    import urllib.request
     import uuid
 
     from pipeline.kafka import delete_topics, ensure_topics, make_consumer, make_producer
+    from pipeline.ops.ports import free_port, readyz_status
     from schemas.messages import encode
 
     settings, model_dir, count, worker_pythonpath, say = (run.settings, run.model_dir, run.count,
@@ -279,7 +271,7 @@ def run_live(run: LiveRun, log_path: Path) -> dict[str, Any]:
                             partitions=1, model=str(Path(model_dir).resolve()))
     changelog = f"{live.generative_group}-conversations-changelog"
     ensure_topics(live)
-    port = _free_port()
+    port = free_port()
     flags = {"--kafka-bootstrap": live.kafka_bootstrap, "--topic-in": live.topic_in,
              "--topic-verdicts": live.topic_verdicts, "--topic-dlq": live.topic_dlq,
              "--generative-group": live.generative_group, "--model": live.model, "--max-context-tokens": "1024",
@@ -295,12 +287,8 @@ def run_live(run: LiveRun, log_path: Path) -> dict[str, Any]:
         while True:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the generative worker did not get ready (exit code {worker.returncode})")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
+            if readyz_status(port) == 200:
+                break
             time.sleep(1)
         verdicts.subscribe([live.topic_verdicts])
         deltas = _deltas(count)
