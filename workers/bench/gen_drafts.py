@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from schemas.messages import TokenDelta
+from workers.bench.results import figure, save_figure
 from workers.generative.assembly import ConversationDraft, DraftLimits, apply_chunk, chunk_op, encode_op
 from workers.generative.drafts import CHANGELOG_RECORD_LIMIT, record_key
 
@@ -166,12 +167,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = figure(2, (10, 4))
     for method in dict.fromkeys(r["method"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["method"] == method]
         left.plot([r["deltas"] for r in rows], [r["us_per_delta"] for r in rows], marker="o", label=method)
@@ -184,9 +180,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         axis.set_ylabel(label)
         axis.legend()
     fig.suptitle("Generative worker: draft work per delta (3-character deltas)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # --- live: one generative worker process on the local stack --------------------------------------
