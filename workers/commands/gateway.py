@@ -11,7 +11,8 @@ _SETTINGS = ("upstream", "listen", "gateway_mode", "gateway_tenant", "gateway_te
              "gateway_upstream_api_key", "gateway_fail_open_tenants", "gateway_max_requests", "policy_file",
              "default_policy", "gateway_verdict_timeout_ms",
              "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", *settings_in_group("kafka"), "topic_in",
-             "topic_verdicts", "log_level")
+             "topic_verdicts", "log_level", "gateway_ui", "dashboard_show_text", "dashboard_start",
+             "dashboard_max_conversations", "dashboard_max_messages", "dashboard_max_message_chars")
 
 
 def register(sub: Any) -> None:
@@ -29,12 +30,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
+def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
     from pipeline.errors import UserError
 
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"--listen {listen!r} is not HOST:PORT; write e.g. --listen 127.0.0.1:8080")
+        raise UserError(f"{flag} {listen!r} is not HOST:PORT; write e.g. {flag} 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 
 
