@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from pipeline.config import Settings, env_var
+from pipeline.config import Settings, settings_environment
 from pipeline.kafka.lag import committed_lag
 from schemas.messages import DlqRecord, Verdict
 from tests.fixtures.stack import consume_all, consume_verdicts
@@ -32,10 +31,7 @@ def worker_settings(settings: Settings, model: str | Path, **changes: object) ->
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[env_var(f.name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    env = {**os.environ, **settings_environment(settings)}
     env["PYTHONPATH"] = str(REPO)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
