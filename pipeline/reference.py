@@ -195,12 +195,6 @@ def judge_context(model: Qwen3GuardStream, context: RenderedContext, message: Me
     return MessageJudgement(index, message.role, context, scored, decide(message.role, scored, labels))
 
 
-def judge_message(model: Qwen3GuardStream, text: TextTokenizer, messages: Sequence[Message], index: int,
-                  labels: LabelMaps) -> MessageJudgement:
-    """Render message ``index`` in its whole context, run the model once, decide."""
-    return judge_context(model, render_context(text, messages, index), messages[index], index, labels)
-
-
 def judge_conversation(model: Qwen3GuardStream, text: TextTokenizer, conversation: Conversation,
                        labels: LabelMaps, max_context_tokens: int | None = None) -> list[MessageJudgement]:
     """Judgements of the user and assistant messages, in order (system messages are context only).

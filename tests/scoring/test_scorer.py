@@ -20,7 +20,7 @@ from pipeline.tokens.chat import render_context
 from pipeline.tokens.text import TextTokenizer
 from schemas.messages import TokenDelta, encode
 from tests.fixtures.models import SAMPLE_CONVERSATIONS
-from tests.scoring.drive import content, conversation_deltas, drive, offline_finals
+from tests.scoring.drive import content, conversation_deltas, drive, reference_decisions
 from tests.scoring.hash_engine import HashEngine
 from tests.tokens.test_incremental import FRAGMENTS
 
@@ -53,7 +53,7 @@ def test_final_verdicts_equal_the_offline_full_sequence_computation(
     run = drive(make_scorer(), engine, chunked(conversation_id, messages, size, seed, tenant))
     assert run.rejections == []
     finals = {v.message_index: (v.risk, v.category, v.token_index, v.scores) for v in run.verdicts if v.kind == "final"}
-    assert finals == offline_finals(text_tokenizer, engine, messages, LabelMaps())
+    assert finals == reference_decisions(text_tokenizer, engine, messages, LabelMaps())
 
 
 @pytest.mark.parametrize(("conversation_id", "messages", "tenant"), CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
@@ -371,7 +371,7 @@ def test_random_conversations_in_random_chunks_match_the_offline_computation(
         verdicts += run.verdicts
         assert list(unpack(state.token_ids)) == render_context(text_tokenizer, messages, index).token_ids
     finals = {v.message_index: (v.risk, v.category, v.token_index, v.scores) for v in verdicts if v.kind == "final"}
-    assert finals == offline_finals(text_tokenizer, engine, messages, LabelMaps())
+    assert finals == reference_decisions(text_tokenizer, engine, messages, LabelMaps())
 
 
 def test_text_with_unpaired_surrogates_is_rejected_without_stopping_the_message(
