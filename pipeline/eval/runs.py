@@ -23,7 +23,7 @@ import numpy as np
 from pipeline.chunking import Chunker
 from pipeline.decision import ResponseDebouncer, ThresholdRule, TokenJudgement, decide_prompt, judge_tokens
 from pipeline.deltas import conversation_deltas
-from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.engine.types import EngineCache, FeedRequest, HeadOutputs, StreamEngine
 from pipeline.eval.dataset import EvalSample
 from pipeline.eval.metrics import Outcome
 from pipeline.labels import LabelMaps
@@ -109,6 +109,10 @@ class RecordingEngine:
         self.inner = inner
         self.model_name = inner.model_name
         self.rows: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
+
+    @property
+    def cache(self) -> EngineCache:
+        return self.inner.cache
 
     def run(self, requests: Sequence[FeedRequest]) -> list[HeadOutputs]:
         results = self.inner.run(requests)
