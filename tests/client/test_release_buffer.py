@@ -31,8 +31,9 @@ def test_guarded_mode_never_releases_after_a_block() -> None:
     buf = ReleaseBuffer("guarded")
     for text in ("a", "b", "c"):
         buf.write(text)
-    event = buf.on_verdict(verdict("flag", action="block", risk="unsafe"))
-    assert event.blocked is not None and not event.retracted
+    block = verdict("flag", action="block", risk="unsafe")
+    event = buf.on_verdict(block)
+    assert event.blocked == block and not event.retracted and event.released == ""
     assert buf.on_verdict(verdict("progress", cleared=2)).released == ""
     assert buf.write("d")[1].released == ""
 

@@ -99,7 +99,7 @@ def test_the_fp16_parity_run_records_why_it_was_skipped_when_a_kernel_is_missing
     out = export_stream_model(str(tiny_stream_dir), tmp_path / "fp16", precision="fp16")
     parity = json.loads((out / METADATA_FILE).read_text())["parity"]
     assert parity["skipped"].startswith("ORT CPU lacks an fp16 kernel") and "NOT_IMPLEMENTED" in parity["skipped"]
-    with pytest.raises(UserError, match="failed to run in onnxruntime.*NOT_IMPLEMENTED"):
+    with pytest.raises(UserError, match=r"failed to run in onnxruntime.*NOT_IMPLEMENTED"):
         export_stream_model(str(tiny_stream_dir), tmp_path / "fp32", precision="fp32")
     assert not (tmp_path / "fp32").exists()
 

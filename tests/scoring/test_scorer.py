@@ -318,13 +318,18 @@ def test_a_conversation_past_the_model_context_is_cut_and_reported_never_crashin
 
 
 def test_final_verdicts_carry_token_labels_only_when_asked(
-    make_scorer: Callable[..., Scorer], engine: HashEngine,
+    make_scorer: Callable[..., Scorer], engine: HashEngine, text_tokenizer: TextTokenizer,
 ) -> None:
     deltas = chunked("labels", FOLLOW_UP[:3], 4, None)
     with_labels = drive(make_scorer(include_token_labels=True), engine, deltas)
     without = drive(make_scorer(), engine, deltas)
     answer = next(v for v in with_labels.verdicts if v.kind == "final" and v.message_index == 2)
-    assert answer.token_labels is not None and len(answer.token_labels) > 5
+    # One label per scored token of the answer, as the offline rule labels them.
+    rendered = render_context(text_tokenizer, FOLLOW_UP[:3], 2)
+    outputs = engine.outputs_for(rendered.token_ids, 0)
+    rows = rendered.scored_positions
+    offline = decide_response(outputs.risk_logits[rows], outputs.category_logits[rows], LabelMaps())
+    assert len(rows) > 5 and answer.token_labels == offline.token_labels
     assert all(v.token_labels is None for v in without.verdicts)
 
 

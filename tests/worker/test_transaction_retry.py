@@ -6,8 +6,8 @@ by a fresh producer, and the group's committed offsets decide whether the batch 
 an abortable failure aborts the transaction and judges the batch again on the same producer; a
 fault that outlasts ``fault_retry_s`` ends the loop with exit 75; a call that hangs past its
 timeout ends the process with exit 75 through the watchdog. Each way, the verdicts are those of a
-fault-free run, each published once. (A fatal error, fencing by a newer instance, is
-tests/worker/test_startup_errors.py::test_a_fenced_worker_stops_with_one_line.)
+fault-free run, each published once. A fatal error is not retried (real fencing by a newer
+instance, end to end: tests/worker/test_startup_errors.py::test_a_fenced_worker_stops_with_one_line).
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from confluent_kafka import KafkaError
+import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from pipeline.config import Settings
 from pipeline.conversations import Conversation
@@ -96,9 +97,10 @@ def test_a_commit_that_went_through_before_its_error_is_not_judged_again(
     worker = _judge_all(settings, faults)
 
     assert faults.injected == ["commit_transaction:raise_after"] and faults.opened == 2
-    # The committed offsets show the batch went through: carry on, no abort, nothing published twice.
-    assert worker.metric(ABORTED) == 0
+    # The committed offsets show the batch went through: the worker carries on to the Redis write
+    # instead of counting an abort and reading the batch again.
     _assert_fault_free_outcome(settings, expected)
+    assert worker.metric(ABORTED) == 0
 
 
 def test_an_abortable_error_aborts_on_the_same_producer_and_the_batch_is_judged_again(
@@ -121,10 +123,30 @@ def test_an_abortable_error_aborts_on_the_same_producer_and_the_batch_is_judged_
     _assert_fault_free_outcome(settings, expected)
 
 
+def test_a_fatal_error_is_not_retried_and_leaves_the_loop_with_nothing_committed(
+    settings: Settings, tiny_onnx_dir: Path, sample_conversations: list[Conversation]
+) -> None:
+    settings = worker_settings(settings, tiny_onnx_dir)
+    deltas, expected = _input(settings, tiny_onnx_dir, sample_conversations, seed=16)
+    produce_deltas(settings, deltas)
+    fenced = KafkaError(KafkaError._FENCED, "Producer fenced by a newer instance", fatal=True)
+    faults = FaultyKafka(Fault("commit_transaction", "raise_before", fenced, times=10))
+
+    first = InProcessWorker(settings, producer_factory=faults).start()
+    with pytest.raises(KafkaException) as raised:
+        first.join(120)
+    assert raised.value.args[0].code() == KafkaError._FENCED
+    assert faults.injected == ["commit_transaction:raise_before"] and faults.opened == 1, "retried"
+    assert input_lag(settings) == len(deltas)
+
+    _judge_all(settings, FaultyKafka())
+    _assert_fault_free_outcome(settings, expected)
+
+
 def test_kafka_failing_past_fault_retry_s_ends_the_loop_with_75_having_committed_nothing(
     settings: Settings, tiny_onnx_dir: Path, sample_conversations: list[Conversation]
 ) -> None:
-    settings = worker_settings(settings, tiny_onnx_dir, health_grace_s=1)
+    settings = worker_settings(settings, tiny_onnx_dir)
     deltas, expected = _input(settings, tiny_onnx_dir, sample_conversations, seed=14)
     produce_deltas(settings, deltas)
     # The commit times out, and no fresh producer can be initialised: the coordinator stays away.
@@ -136,7 +158,6 @@ def test_kafka_failing_past_fault_retry_s_ends_the_loop_with_75_having_committed
     assert first.join(120) == EXIT_DEPENDENCY
     assert faults.injected.count("init_transactions:raise_before") >= 2, "retried before giving up"
     assert first.metric(FAULTS, dependency="kafka") >= 2
-    assert not first.health.alive()[0] and "kafka" in first.health.alive()[1]
     assert input_lag(settings) == len(deltas), "nothing is committed while Kafka fails"
 
     # Restarted (same transactional.id: it aborts what the first left open), it judges everything once.
