@@ -236,6 +236,36 @@ class Settings:
         metadata=_opt("Gateway: largest reply held for judging; past it the upstream is stopped (finish 'length')",
                       "gateway"),
     )
+    gateway_ui: bool = field(
+        default=False,
+        metadata=_opt("Gateway: also serve the live dashboard at /ui (every tenant's verdicts, to whoever reaches "
+                      "the gateway: only where clients may see them, docs/dashboard.md)", "gateway"),
+    )
+    # --- dashboard (docs/dashboard.md) ----------------------------------------------------------
+    dashboard_listen: str = field(
+        default="127.0.0.1:8090", metadata=_opt("Dashboard: address to serve on, HOST:PORT", "dashboard")
+    )
+    dashboard_show_text: bool = field(
+        default=False,
+        metadata=_opt("Dashboard: read guard.in (own reader, never committing) to show message text; off: "
+                      "verdicts only, tokens shown as positions", "dashboard"),
+    )
+    dashboard_start: str = field(
+        default="latest",
+        metadata=_opt("Dashboard: where the live view starts reading (latest: from now; earliest: replay what the "
+                      "topics retain)", "dashboard", ["latest", "earliest"]),
+    )
+    dashboard_max_conversations: int = field(
+        default=200, metadata=_opt("Dashboard: conversations kept in memory (least recently updated dropped first)",
+                                   "dashboard")
+    )
+    dashboard_max_messages: int = field(
+        default=32, metadata=_opt("Dashboard: messages kept per conversation (the latest)", "dashboard")
+    )
+    dashboard_max_message_chars: int = field(
+        default=8192, metadata=_opt("Dashboard: characters of text kept per message (past it: positions only)",
+                                    "dashboard")
+    )
     # --- operations ----------------------------------------------------------------------
     metrics_port: int = field(
         default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")

@@ -52,6 +52,7 @@ class Ended:
     held_s: float | None = None         # upstream's end to this end (None: stopped before its end)
     retracted: bool = False             # optimistic mode: text already sent must be taken back
     failed_open: bool = False           # the guard did not rule in time; the tenant opted to pass the text
+    flagged: Verdict | None = None      # the final verdict of a reply allowed although not Safe (a loose policy)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,8 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                 yield Released(event.released)
             if event.final is not None:
                 reason = "length" if truncated else (upstream.finish_reason or "stop")
-                yield Ended(reason, None, upstream, time.monotonic() - upstream_done)
+                flagged = event.final if event.final.risk != "safe" else None
+                yield Ended(reason, None, upstream, time.monotonic() - upstream_done, flagged=flagged)
                 return
     finally:
         if not task.done():

@@ -14,11 +14,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -92,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
 def measure(settings: Settings, engine: Any, levels: tuple[int, ...], reply: list[str],
             delay_s: float) -> list[LevelResult]:
     from pipeline.gateway.app import create_app
+    from pipeline.gateway.scripted import ScriptedUpstream, ServerThread
     from pipeline.kafka.topics import delete_topics, ensure_topics
     from workers.stream.app import build_worker
     from workers.stream.metrics import StreamMetrics
@@ -104,8 +103,8 @@ def measure(settings: Settings, engine: Any, levels: tuple[int, ...], reply: lis
     worker = build_worker(s, StreamMetrics(), engine=engine)
     stop = threading.Event()
     worker_thread = threading.Thread(target=worker.run, args=(stop,), name="bench-worker", daemon=True)
-    upstream = _Served(_upstream_app(reply, delay_s))
-    gateway: _Served | None = None
+    upstream = ServerThread(ScriptedUpstream(reply, delay_s).app())
+    gateway: ServerThread | None = None
     results: list[LevelResult] = []
     try:
         worker_thread.start()
@@ -113,7 +112,7 @@ def measure(settings: Settings, engine: Any, levels: tuple[int, ...], reply: lis
         while len(worker.owned_partitions) < s.partitions and time.monotonic() < deadline:
             time.sleep(0.1)
         upstream.start()
-        gateway = _Served(create_app(s.replace(upstream=f"{upstream.url}/v1"))).start()
+        gateway = ServerThread(create_app(s.replace(upstream=f"{upstream.url}/v1"))).start()
         for n in levels:
             for path, url in (("direct", upstream.url), ("gateway", gateway.url)):
                 print(f"[{path}] {n} concurrent streams ...", flush=True)
@@ -180,67 +179,6 @@ def _pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-
-# --- the scripted upstream and servers -------------------------------------------------------------
-def _upstream_app(reply: list[str], delay_s: float) -> Any:
-    from sse_starlette.sse import EventSourceResponse
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, str]:
-        return {"data": json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-                                    "model": "scripted", "choices": [{"index": 0, "delta": delta,
-                                                                      "finish_reason": finish}]})}
-
-    async def events() -> AsyncIterator[dict[str, str]]:
-        yield chunk({"role": "assistant", "content": ""}, None)
-        for text in reply:
-            await asyncio.sleep(delay_s)
-            yield chunk({"content": text}, None)
-        yield chunk({}, "stop")
-        yield {"data": "[DONE]"}
-
-    async def completions(request: Request) -> EventSourceResponse:
-        await request.body()
-        return EventSourceResponse(events())
-
-    async def models(request: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
-
-    return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
-                             Route("/v1/models", models)])
-
-
-class _Served:
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> _Served:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("a bench server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
 
 
 # --- reporting -------------------------------------------------------------------------------------

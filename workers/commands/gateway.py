@@ -13,7 +13,8 @@ _SETTINGS = ("upstream", "listen", "gateway_mode", "gateway_tenant", "gateway_te
              "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", "kafka_bootstrap", "kafka_security_protocol",
              "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_location",
              "kafka_ssl_certificate_location", "kafka_ssl_key_location", "kafka_extra", "topic_in",
-             "topic_verdicts", "log_level")
+             "topic_verdicts", "log_level", "gateway_ui", "dashboard_show_text", "dashboard_start",
+             "dashboard_max_conversations", "dashboard_max_messages", "dashboard_max_message_chars")
 
 
 def register(sub: Any) -> None:
@@ -31,12 +32,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
+def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
     from pipeline.errors import UserError
 
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"--listen {listen!r} is not HOST:PORT; write e.g. --listen 127.0.0.1:8080")
+        raise UserError(f"{flag} {listen!r} is not HOST:PORT; write e.g. {flag} 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 
 
