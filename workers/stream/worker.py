@@ -42,6 +42,9 @@ log = logging.getLogger("guardstream.stream")
 # Lines a dependency outage repeats (every retry, every reconnect): once per interval.
 faults_log = RateLimitedLog(logging.getLogger("guardstream.stream.faults"), interval_s=10.0)
 T = TypeVar("T")
+# How the worker opens its transactional producer: make_producer's signature. Tests pass one that
+# wraps the real producer to inject the errors and hangs librdkafka has shown (tests/worker).
+ProducerFactory = Callable[..., Producer]
 
 EXIT_DEPENDENCY = 75  # EX_TEMPFAIL: a dependency kept failing; the supervisor should restart the worker
 # What a worker cannot blame on its input. A Redis "OOM command not allowed" or "READONLY" reply is
@@ -118,8 +121,10 @@ class StreamWorker:
         name: str,
         on_subscribed: Callable[[], None] = lambda: None,
         health: WorkerHealth | None = None,
+        producer_factory: ProducerFactory = make_producer,
     ) -> None:
         self.settings = settings
+        self._producer_factory = producer_factory
         self.processor = processor
         self.store = store
         self.metrics = metrics
@@ -204,7 +209,7 @@ class StreamWorker:
         self._on_subscribed()
 
     def _open_producer(self) -> None:
-        producer = make_producer(self.settings, transactional_id=self.name, **{
+        producer = self._producer_factory(self.settings, transactional_id=self.name, **{
             "transaction.timeout.ms": _TXN_ABORT_AFTER_MS,
             "batch.size": min(1_000_000, self._dlq_max_bytes),
             "error_cb": self._kafka_error,
