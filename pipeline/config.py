@@ -113,7 +113,8 @@ class Settings:
         default=10, metadata=_opt("Longest wait to fill a micro-batch, milliseconds", "worker")
     )
     max_inflight_deltas: int = field(
-        default=5000, metadata=_opt("Buffered deltas before partitions are paused (backpressure)", "worker")
+        default=5000, metadata=_opt("Most deltas polled into one batch (also capped by max_batch_tokens); the "
+                                    "loop is synchronous, so this bounds the deltas in flight", "worker")
     )
     progress_every_tokens: int = field(
         default=16, metadata=_opt("Emit a progress watermark every N scored tokens (0: only at final)", "worker")
@@ -286,9 +287,6 @@ class Settings:
     log_level: str = field(
         default="INFO", metadata=_opt("Log level", "ops", ["DEBUG", "INFO", "WARNING", "ERROR"])
     )
-    log_text: bool = field(
-        default=False, metadata=_opt("Include message text in logs (off: privacy by default)", "ops")
-    )
 
     # ---------------------------------------------------------------------------------------
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
@@ -346,6 +344,11 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 def settings_fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Settings)
+
+
+def settings_in_group(group: str) -> tuple[str, ...]:
+    """Names of the settings of one group, in declaration order (e.g. ``kafka``: bootstrap and security)."""
+    return tuple(f.name for f in settings_fields() if f.metadata["group"] == group)
 
 
 def _coerce(f: dataclasses.Field[Any], raw: str, source: str) -> Any:

@@ -20,7 +20,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.client import GuardClient, Mode
+from pipeline.client import GuardClient, ReleaseMode
 from pipeline.config import Settings
 from pipeline.dashboard.app import Dashboard, ui_routes
 from pipeline.gateway import wire
@@ -53,7 +53,7 @@ class Gateway:
         self.tenants = TenantResolver(settings.gateway_tenant or None, settings.gateway_tenant_header, keys,
                                       frozenset(book.tenants) | frozenset((keys or {}).values()))
         self.fail_open = frozenset(t.strip() for t in settings.gateway_fail_open_tenants.split(",") if t.strip())
-        self.mode: Mode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
+        self.mode: ReleaseMode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
         self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
         self.guard: GuardClient | None = None
         self.http: httpx.AsyncClient | None = None

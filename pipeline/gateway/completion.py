@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.client import GuardClient, Mode
+from pipeline.client import GuardClient, ReleaseMode
 from pipeline.gateway.upstream import UpstreamError, UpstreamReply, stream_text
 from schemas.messages import Role, Verdict
 
@@ -114,7 +114,7 @@ async def judge_prompt(guard: GuardClient, conversation_id: str, tenant: str | N
 
 async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, body: Mapping[str, Any],
                         headers: Mapping[str, str], conversation_id: str, tenant: str | None,
-                        limits: Limits, mode: Mode = "guarded", fail_open: bool = False
+                        limits: Limits, mode: ReleaseMode = "guarded", fail_open: bool = False
                         ) -> AsyncGenerator[Released | Ended, None]:
     """Stream the upstream's reply through the guard: cleared text (optimistic mode: all text at
     once), then how it ended.

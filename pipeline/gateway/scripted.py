@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -25,6 +24,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from pipeline.ops.ports import free_port
 
 MODEL_ID = "scripted"
 DEFAULT_USAGE: Mapping[str, int] = {"prompt_tokens": 7, "completion_tokens": 11, "total_tokens": 18}
@@ -135,12 +136,6 @@ def _data(payload: dict[str, Any]) -> dict[str, str]:
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": "scripted", "code": None, "param": None}},
                         status_code=status)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerThread:

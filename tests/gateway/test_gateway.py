@@ -277,7 +277,9 @@ def test_requests_over_the_in_flight_limit_are_refused_at_once(settings: Any, se
     import threading
 
     upstream = ScriptedUpstream(SAFE_REPLY)
-    url = serve(upstream, settings, gateway_verdict_timeout_ms=3000, gateway_max_requests=1)
+    # The admitted request holds its slot until its verdict wait times out: long enough that the
+    # second request arrives while it is held, even on a loaded machine.
+    url = serve(upstream, settings, gateway_verdict_timeout_ms=20_000, gateway_max_requests=1)
     body = {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}
     first: list[int] = []
     holder = threading.Thread(target=lambda: first.append(

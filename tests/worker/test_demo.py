@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 import urllib.request
@@ -14,13 +13,8 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
+from pipeline.ops.ports import free_port
 from tests.fixtures.stack import consume_verdicts
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.results import cpu_count, figure, parse_levels, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
              "progress_every_tokens", "device")
@@ -59,13 +60,11 @@ class LevelResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stack.probes import kafka_answers, redis_answers
-    from workers.bench.e2e import _cpu_count, _engine, _levels
+    from workers.bench.e2e import _engine
 
     settings = settings_from_args(args)
-    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
-        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
-    levels = _levels(args.levels, (1, 5) if args.quick else (1, 10, 100))
+    require_stack(settings)
+    levels = parse_levels(args.levels, (1, 5) if args.quick else (1, 10, 100))
     tokens = args.tokens or (24 if args.quick else 64)
     if tokens < 1 or args.token_delay_ms < 0:
         raise UserError("--tokens must be at least 1 and --token-delay-ms at least 0")
@@ -79,11 +78,8 @@ def run(args: argparse.Namespace) -> int:
     results = measure(settings.replace(model=model_path, policy_file=str(policy)), engine, levels, reply,
                       args.token_delay_ms / 1000)
     payload = {"model": model_label, "reply_tokens": tokens, "token_delay_ms": args.token_delay_ms,
-               "cpu_count": _cpu_count(), "results": [asdict(r) for r in results]}
-    (out / "gateway.json").write_text(json.dumps(payload, indent=2))
-    _plot(results, out / "gateway.png")
-    print(markdown_table(results))
-    print(f"wrote {out / 'gateway.json'} and {out / 'gateway.png'}")
+               "cpu_count": cpu_count(), "results": [asdict(r) for r in results]}
+    write_results(out, "gateway", payload, lambda path: _plot(results, path), markdown_table(results))
     return 0
 
 
@@ -202,12 +198,7 @@ def markdown_table(results: list[LevelResult]) -> str:
 
 
 def _plot(results: list[LevelResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_ttft, ax_itl) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_ttft, ax_itl) = figure(2, (11, 4))
     for name, style in (("direct", "--s"), ("gateway", "-o")):
         rs = [r for r in results if r.path == name and r.ttft_p50_ms is not None]
         if not rs:
@@ -224,6 +215,4 @@ def _plot(results: list[LevelResult], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -497,9 +497,10 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     processing.accept = clock.wrap("decode", processing.accept)
     clock.hook(processor, "batch bookkeeping", ("process",))
     clock.hook(worker.store, "redis", ("load", "load_with_watermarks", "watermarks", "write", "held_index"))
-    clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb"))
+    clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb", "absorb_batch"))
     clock.hook(scorer, "state codec", ("new_state", "decode_state", "encode_state", "tombstone"))
-    clock.hook(scorer.renderer, "render", ("must_wait", "begin", "add_text", "close"))
+    clock.hook(scorer.renderer, "render", ("render", "resume", "request", "take", "must_wait", "begin", "add_text",
+                                          "close"))
     incremental = getattr(scorer.renderer, "incremental", None)
     if incremental is not None:
         clock.hook(incremental, "incremental tokenizer", ("feed", "finish"))

@@ -5,12 +5,10 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.config import Settings, add_settings_arguments, settings_from_args, settings_in_group
 
 _SETTINGS = ("dashboard_listen", "dashboard_show_text", "dashboard_start", "dashboard_max_conversations",
-             "dashboard_max_messages", "dashboard_max_message_chars", "max_text_bytes", "kafka_bootstrap",
-             "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password",
-             "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location", "kafka_extra",
+             "dashboard_max_messages", "dashboard_max_message_chars", "max_text_bytes", *settings_in_group("kafka"),
              "topic_in", "topic_verdicts", "log_level")
 
 DESCRIPTION = """\

@@ -5,14 +5,12 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.config import Settings, add_settings_arguments, settings_from_args, settings_in_group
 
 _SETTINGS = ("upstream", "listen", "gateway_mode", "gateway_tenant", "gateway_tenant_header", "gateway_api_keys",
              "gateway_upstream_api_key", "gateway_fail_open_tenants", "gateway_max_requests", "policy_file",
              "default_policy", "gateway_verdict_timeout_ms",
-             "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", "kafka_bootstrap", "kafka_security_protocol",
-             "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_location",
-             "kafka_ssl_certificate_location", "kafka_ssl_key_location", "kafka_extra", "topic_in",
+             "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", *settings_in_group("kafka"), "topic_in",
              "topic_verdicts", "log_level", "gateway_ui", "dashboard_show_text", "dashboard_start",
              "dashboard_max_conversations", "dashboard_max_messages", "dashboard_max_message_chars")
 

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pipeline.config import Settings, state_path
+from pipeline.ops.ports import free_port
 from workers.demo.chat import OUTCOME_STYLE, TENANT_HEADER, ChatOutcome, describe_verdict, play
 from workers.demo.model import DemoModel, prepare_model
 from workers.demo.processes import (
@@ -30,12 +31,6 @@ from workers.demo.samples import SAMPLES
 
 # Every third conversation asks for one whole response instead of a stream.
 WHOLE_EVERY = 3
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def gateway_listen(listen: str, say: Console) -> str:

@@ -15,7 +15,7 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pipeline.config import Settings, env_var
+from pipeline.config import Settings, settings_environment
 from pipeline.errors import UserError
 
 RECORD = "demo-processes.json"
@@ -30,10 +30,7 @@ class DemoProcess:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for name, value in vars(settings).items():
-        env[env_var(name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
-    return env
+    return {**os.environ, **settings_environment(settings)}
 
 
 def start(name: str, argv: list[str], env: dict[str, str], url: str, log_path: Path

@@ -68,7 +68,7 @@ class PartitionKeeper:
             self.committed.pop(pid, None)
             self.metrics.forget_partition(tp.topic, tp.partition)
             for key in self.own.release(pid):
-                self.processor.engine.evict(key)
+                self.processor.forget(key)
         self.observe()
         if partitions:
             log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})

@@ -33,7 +33,7 @@ from workers.stream.health import ENGINE, KAFKA, REDIS, WorkerHealth
 from workers.stream.metrics import StreamMetrics, brokers_up, observe_batch, parse_kafka_stats
 from workers.stream.ownership import Ownership
 from workers.stream.partitions import PartitionKeeper
-from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId, StaleState
+from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef, PartitionId
 from workers.stream.records import InputRecord, first_offsets, next_offsets, record_time_ms
 from workers.stream.recovery import RecoveryError
 from workers.stream.sweeps import GapSweeps
@@ -215,16 +215,16 @@ class StreamWorker:
     def _process(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
         """Judge the batch on states that match Kafka; if Redis lost writes under us, replay first."""
         for _ in range(3):
-            try:
-                return self.processor.process(records, self._own.watermarks, now_ms(), sweep)
-            except StaleState as stale:
-                self.metrics.state_conflicts.inc()
-                first = first_offsets(records)
-                for pid, stored in stale.partitions.items():
-                    log.warning("redis state is not what this worker wrote; recovering the partition", extra={
-                        "topic": pid[0], "partition": pid[1], "expected": self._own.watermarks.get(pid),
-                        "stored": stored})
-                    self.partitions.recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
+            result = self.processor.process(records, self._own.watermarks, now_ms(), sweep)
+            if isinstance(result, BatchOutcome):
+                return result
+            self.metrics.state_conflicts.inc()   # StalePartitions: nothing was judged
+            first = first_offsets(records)
+            for pid, stored in result.partitions.items():
+                log.warning("redis state is not what this worker wrote; recovering the partition", extra={
+                    "topic": pid[0], "partition": pid[1], "expected": self._own.watermarks.get(pid),
+                    "stored": stored})
+                self.partitions.recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
         raise RecoveryError("redis state kept changing under this worker; is another worker writing its partitions?")
 
     def _write_state(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> None:
@@ -259,7 +259,7 @@ class StreamWorker:
                 own.track(key, ref)
         own.held.update({k: r for k, r in outcome.held.items() if own.owns(r.partition_id)})
         for key in outcome.ended_keys:
-            self.processor.engine.evict(key)
+            self.processor.forget(key)
             own.forget(key, outcome.touched[key].partition_id)
         observe_batch(self.metrics, outcome, seconds)
         self._observe_engine()
@@ -269,7 +269,7 @@ class StreamWorker:
         self.health.answered(REDIS)
 
     def _observe_engine(self) -> None:
-        self.metrics.observe_engine(self.processor.engine)
+        self.metrics.kv_cache_bytes.set(self.processor.kv_cache_bytes())
 
     # --- dependencies seen from the loop and from librdkafka's callbacks -----------------
     def _probe_redis(self) -> None:
