@@ -78,7 +78,7 @@ def test_any_chunking_gives_the_same_flags_and_finals_at_the_same_characters(
     whole = judged(None, None)
     # The flags compared below are the offline rule's: an assistant message is flagged exactly when its
     # offline final is risky, and its last flag (the escalation, if any) is that final's risk and token.
-    offline = offline_finals(text_tokenizer, engine, messages, LabelMaps())
+    offline = reference_decisions(text_tokenizer, engine, messages, LabelMaps())
     risky_answers = {i: (risk, token_index) for i, (risk, _category, token_index, _scores) in offline.items()
                      if messages[i].role == "assistant" and risk != "safe"}
     last_flags = {v["message_index"]: (v["risk"], v["token_index"])
