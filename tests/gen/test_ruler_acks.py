@@ -192,6 +192,7 @@ def test_an_event_whose_handling_fails_holds_back_later_acks() -> None:
         await ruler.wait_idle(5)
 
         assert ruler.handling_failure is not None
+        assert ruler.metrics.registry.get_sample_value("guardstream_gen_handling_failures_total") == 1
         assert not failing.acked and not later.acked
 
     asyncio.run(scenario())

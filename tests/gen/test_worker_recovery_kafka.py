@@ -49,9 +49,9 @@ def test_a_complete_message_in_the_changelog_is_ruled_when_nothing_is_left_to_re
 
     # The changelog as the dead worker left it: both chunks recorded, no "ruled" mark.
     changelog = f"{gen_settings.generative_group}-{TABLE_NAME}-changelog"
-    created = make_admin(gen_settings).create_topics([NewTopic(changelog, TEST_PARTITIONS, 1,
-                                                               config={"cleanup.policy": "compact"})])
-    created[changelog].result(30)
+    admin = make_admin(gen_settings)   # kept referenced: a destroyed client fails its futures
+    admin.create_topics([NewTopic(changelog, TEST_PARTITIONS, 1, config={"cleanup.policy": "compact"})])[
+        changelog].result(30)
     key = conversation_key("acme", "conv-quiet").encode()
     producer = make_producer(gen_settings)
     for number, delta in enumerate(deltas):

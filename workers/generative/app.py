@@ -18,11 +18,19 @@ Crash safety (at-least-once, duplicates identical):
   a chunk missing from the changelog or a message whose ruling was not delivered. (Table writes
   bypass ``table[key] = value``: faust's commit-time flush can give up with changelog writes
   still buffered; see ``_store``.)
+- An event takes its slot in the per-partition ack order on arrival: if its handling raises,
+  later events are never acked past it and the worker exits (EXIT_WRITE_FAILED) to redo it.
 - After SIGKILL the table comes back from its changelog (possibly ahead of the committed
   offset) and the uncommitted events are replayed. Applying a delta is idempotent; a replayed
   event re-triggers every complete message that is not marked ruled, so a ruling that was lost
   is computed again. "Ruled" marks are folded into the table when the next event of that
   conversation is processed, so a message is ruled again only if its marker had not landed yet.
+- Every completed recovery also rules what the recovered drafts hold complete and unruled, with
+  no event: a quiet conversation whose complete message is in the changelog but whose events are
+  not replayed would otherwise wait forever (``on_recovery_completed``).
+- On a rebalance the ack order of revoked partitions is dropped (their events are re-read from
+  the committed offset if they come back), and an event needing a ruling already in flight waits
+  for it, whichever event or recovery started it (``on_partitions_revoked``, ``_schedule``).
 - Re-rulings are identical: greedy decoding of the same rendered text (readiness and context
   depend only on the conversation's content, see assembly), and ``verdict_id`` is
   ``{conversation}/{message}/generative/final/0``, so consumers dedupe on it. Scores are rounded
@@ -360,6 +368,7 @@ class ConversationRuler:
 
     def _handling_failed(self, error: Exception, event: Any) -> None:
         """An event's handling raised: its ack never goes out, so its partition stops committing; the worker exits."""
+        self.metrics.handling_failures.inc()
         message = event.message
         log.error("event handling failed; the worker exits so that its uncommitted events are redone",
                   exc_info=error, extra={"error": repr(error)[:300], "partition": message.partition,
