@@ -1,5 +1,6 @@
 # guardstream developer and CI entry points. Works on a fresh Debian machine as root (or with sudo).
-#   make setup   system packages, virtualenv, Python deps, Kafka jars
+#   make setup   system packages (incl. Debian's chromium for the dashboard's browser test), virtualenv,
+#                Python deps, Kafka jars
 #   make test    setup, kustomize if it can be had, start the local stack, create topics, run pytest,
 #                stop the stack
 #   make demo    setup, then `guardstream demo` (needs no Go and no kustomize)
@@ -34,6 +35,7 @@ system-packages:
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v chromium >/dev/null || missing="$$missing chromium fonts-dejavu-core"; \
 	$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
@@ -46,7 +48,7 @@ python-deps: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e ".[torch,bench,gateway,dev]"
+	$(BIN)/pip install -q -e ".[torch,bench,gateway,demo,dev]"
 	touch $(STAMP)
 
 kafka-jars: python-deps

@@ -79,15 +79,15 @@ class Chunker:
     size: int = 4
     seed: int | None = None  # set: random sizes 1..size, reproducible (always random in mode "random")
     tokenizer: Tokenizer | None = None
-    _rng: random.Random | None = field(default=None, init=False, repr=False)
+    rng: random.Random | None = field(default=None, repr=False)  # given: random sizes 1..size drawn from it
 
     def __post_init__(self) -> None:
-        if self.seed is not None or self.mode == "random":
-            self._rng = random.Random(self.seed or 0)
+        if self.rng is None and (self.seed is not None or self.mode == "random"):
+            self.rng = random.Random(self.seed or 0)
 
     def split(self, text: str) -> list[str]:
         if self.mode == "tokens" and self.tokenizer is None and text:
             from pipeline.tokens.files import load_qwen3_tokenizer
 
             self.tokenizer = load_qwen3_tokenizer()
-        return chunk_text(text, self.mode, self.size, self._rng, self.tokenizer)
+        return chunk_text(text, self.mode, self.size, self.rng, self.tokenizer)

@@ -113,7 +113,8 @@ class Settings:
         default=10, metadata=_opt("Longest wait to fill a micro-batch, milliseconds", "worker")
     )
     max_inflight_deltas: int = field(
-        default=5000, metadata=_opt("Buffered deltas before partitions are paused (backpressure)", "worker")
+        default=5000, metadata=_opt("Most deltas polled into one batch (also capped by max_batch_tokens); the "
+                                    "loop is synchronous, so this bounds the deltas in flight", "worker")
     )
     progress_every_tokens: int = field(
         default=16, metadata=_opt("Emit a progress watermark every N scored tokens (0: only at final)", "worker")
@@ -236,6 +237,36 @@ class Settings:
         metadata=_opt("Gateway: largest reply held for judging; past it the upstream is stopped (finish 'length')",
                       "gateway"),
     )
+    gateway_ui: bool = field(
+        default=False,
+        metadata=_opt("Gateway: also serve the live dashboard at /ui (every tenant's verdicts, to whoever reaches "
+                      "the gateway: only where clients may see them, docs/dashboard.md)", "gateway"),
+    )
+    # --- dashboard (docs/dashboard.md) ----------------------------------------------------------
+    dashboard_listen: str = field(
+        default="127.0.0.1:8090", metadata=_opt("Dashboard: address to serve on, HOST:PORT", "dashboard")
+    )
+    dashboard_show_text: bool = field(
+        default=False,
+        metadata=_opt("Dashboard: read guard.in (own reader, never committing) to show message text; off: "
+                      "verdicts only, tokens shown as positions", "dashboard"),
+    )
+    dashboard_start: str = field(
+        default="latest",
+        metadata=_opt("Dashboard: where the live view starts reading (latest: from now; earliest: replay what the "
+                      "topics retain)", "dashboard", ["latest", "earliest"]),
+    )
+    dashboard_max_conversations: int = field(
+        default=200, metadata=_opt("Dashboard: conversations kept in memory (least recently updated dropped first)",
+                                   "dashboard")
+    )
+    dashboard_max_messages: int = field(
+        default=32, metadata=_opt("Dashboard: messages kept per conversation (the latest)", "dashboard")
+    )
+    dashboard_max_message_chars: int = field(
+        default=8192, metadata=_opt("Dashboard: characters of text kept per message (past it: positions only)",
+                                    "dashboard")
+    )
     # --- operations ----------------------------------------------------------------------
     metrics_port: int = field(
         default=9400, metadata=_opt("Port of /metrics, /healthz and /readyz (0: off)", "ops")
@@ -249,9 +280,6 @@ class Settings:
     )
     log_level: str = field(
         default="INFO", metadata=_opt("Log level", "ops", ["DEBUG", "INFO", "WARNING", "ERROR"])
-    )
-    log_text: bool = field(
-        default=False, metadata=_opt("Include message text in logs (off: privacy by default)", "ops")
     )
 
     # ---------------------------------------------------------------------------------------
@@ -310,6 +338,11 @@ def settings_environment(settings: Settings) -> dict[str, str]:
 
 def settings_fields() -> tuple[dataclasses.Field[Any], ...]:
     return dataclasses.fields(Settings)
+
+
+def settings_in_group(group: str) -> tuple[str, ...]:
+    """Names of the settings of one group, in declaration order (e.g. ``kafka``: bootstrap and security)."""
+    return tuple(f.name for f in settings_fields() if f.metadata["group"] == group)
 
 
 def _coerce(f: dataclasses.Field[Any], raw: str, source: str) -> Any:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, cast
 
 from pipeline.errors import UserError
+from pipeline.jsonl import json_lines, read_jsonl_text
 from schemas.messages import MAX_TENANT_CHARS
 
 Role = Literal["system", "user", "assistant"]
@@ -92,14 +93,7 @@ def parse_conversation(raw: Any, where: str) -> Conversation:
 def parse_conversations(lines: Iterable[str], source: str) -> list[Conversation]:
     conversations: list[Conversation] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{source}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for where, number, raw in json_lines(lines, source):
         conversation = parse_conversation(raw, where)
         if conversation.conversation_id in seen:
             # Two conversations with one id would interleave their deltas into one state.
@@ -111,17 +105,10 @@ def parse_conversations(lines: Iterable[str], source: str) -> list[Conversation]
 
 
 def read_conversations(path: str | Path) -> list[Conversation]:
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"conversations file {file} does not exist") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{file} is not UTF-8 (byte {exc.start}); conversations files are UTF-8 JSONL") from None
-    # split("\n"), not splitlines(): JSON strings may hold raw U+2028 and friends, which are not line ends here.
-    conversations = parse_conversations(text.split("\n"), str(file))
+    text = read_jsonl_text(path, "conversations")
+    conversations = parse_conversations(text.split("\n"), str(Path(path)))
     if not conversations:
-        raise UserError(f"{file} holds no conversations; write one JSON object per line")
+        raise UserError(f"{Path(path)} holds no conversations; write one JSON object per line")
     return conversations
 
 

@@ -27,14 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Literal
 
 import msgspec
 import numpy as np
 
 from pipeline.labels import LabelMaps, long_category, risk_name
+from schemas.messages import Risk
 
-Risk = Literal["safe", "controversial", "unsafe"]
 SCORE_DIGITS = 4
 
 

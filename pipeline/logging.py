@@ -1,4 +1,4 @@
-"""Structured JSON logs. Message text is never logged unless ``log_text`` is on."""
+"""Structured JSON logs, one object a line. No log line carries message text (privacy by default)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,16 @@ from typing import Any
 _RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
+def _utc(seconds: float | None) -> time.struct_time:
+    return time.gmtime(seconds)
+
+
 class JsonFormatter(logging.Formatter):
+    def __init__(self) -> None:
+        super().__init__()
+        # UTC for formatTime on this formatter only: other formatters in the process keep local time.
+        self.converter = _utc
+
     def format(self, record: logging.LogRecord) -> str:
         payload: dict[str, Any] = {
             "ts": round(record.created, 3),
@@ -38,7 +47,6 @@ def configure_logging(level: str = "INFO", stream: Any = None) -> None:
     handler._guardstream = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(level.upper())
-    logging.Formatter.converter = time.gmtime
 
 
 def get_logger(name: str) -> logging.Logger:

@@ -12,7 +12,6 @@ argmax rule. Unset, the official rule applies unchanged.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,13 +19,13 @@ from typing import Any, Literal
 
 from pipeline.decision import OFFICIAL_RULE, ThresholdRule
 from pipeline.errors import UserError
-
-Mode = Literal["strict", "loose"]
+from pipeline.mapping_files import parse_mapping_file
+from schemas.policy import PolicyMode
 
 
 @dataclass(frozen=True)
 class TenantPolicy:
-    mode: Mode = "strict"
+    mode: PolicyMode = "strict"
     allowed_categories: frozenset[str] = field(default_factory=frozenset)
     rule: ThresholdRule = OFFICIAL_RULE   # how a response's tokens are labelled and debounced
 
@@ -102,14 +101,8 @@ def load_policy_book(path: str | None, default_mode: str = "strict") -> PolicyBo
     file = Path(path)
     if not file.is_file():
         raise UserError(f"policy file {path} does not exist; pass --policy-file with a YAML or JSON file")
-    text = file.read_text(encoding="utf-8")
     try:
-        if file.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = parse_mapping_file(file)
     except Exception as exc:
         raise UserError(f"policy file {path} does not parse: {exc}") from None
     if not isinstance(data, dict):

@@ -29,7 +29,7 @@ from tokenizers import Tokenizer
 
 from pipeline.conversations import Conversation, Message
 from pipeline.decision import OFFICIAL_RULE, Decision, decide_prompt, decide_response
-from pipeline.engine.types import FeedRequest, HeadOutputs
+from pipeline.engine.types import NO_CACHE, FeedRequest, HeadOutputs
 from pipeline.labels import LabelMaps
 from pipeline.model.modeling import Qwen3GuardStream
 from pipeline.policy import PolicyBook
@@ -195,12 +195,6 @@ def judge_context(model: Qwen3GuardStream, context: RenderedContext, message: Me
     return MessageJudgement(index, message.role, context, scored, decide(message.role, scored, labels))
 
 
-def judge_message(model: Qwen3GuardStream, text: TextTokenizer, messages: Sequence[Message], index: int,
-                  labels: LabelMaps) -> MessageJudgement:
-    """Render message ``index`` in its whole context, run the model once, decide."""
-    return judge_context(model, render_context(text, messages, index), messages[index], index, labels)
-
-
 def judge_conversation(model: Qwen3GuardStream, text: TextTokenizer, conversation: Conversation,
                        labels: LabelMaps, max_context_tokens: int | None = None) -> list[MessageJudgement]:
     """Judgements of the user and assistant messages, in order (system messages are context only).
@@ -285,6 +279,8 @@ class ReferenceEngine:
     Slow (the official approach's cost) but cache-free: a yardstick for the incremental engine,
     and an engine the scoring code can run on without ONNX.
     """
+
+    cache = NO_CACHE
 
     def __init__(self, model: Qwen3GuardStream, model_name: str) -> None:
         self.model = model

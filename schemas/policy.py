@@ -11,14 +11,14 @@ from typing import Annotated, Literal
 
 import msgspec
 
-Mode = Literal["strict", "loose"]
+PolicyMode = Literal["strict", "loose"]
 Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
 
 
 class TenantPolicySpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """One tenant: how risk levels map to actions, and optionally how tokens are labelled."""
 
-    mode: Mode = "strict"
+    mode: PolicyMode = "strict"
     allow_categories: list[str] = msgspec.field(default_factory=list)
     # A token is unsafe when P(unsafe) >= this (absent: argmax).
     unsafe_threshold: Probability | None = None
@@ -31,5 +31,5 @@ class TenantPolicySpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults
 class PolicyBookSpec(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
     """The whole file: a default policy and per-tenant ones ("strict", "loose" or a mapping)."""
 
-    default: Mode | TenantPolicySpec = "strict"
-    tenants: dict[str, Mode | TenantPolicySpec] = msgspec.field(default_factory=dict)
+    default: PolicyMode | TenantPolicySpec = "strict"
+    tenants: dict[str, PolicyMode | TenantPolicySpec] = msgspec.field(default_factory=dict)

@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "smoke",
     "demo",
     "gateway",    # OpenAI-compatible guarded endpoint
+    "dashboard",  # live web view
     "bench",
     "config",
 )

@@ -4,6 +4,6 @@ See docs/client.md.
 """
 
 from pipeline.client.guard import GuardClient, GuardedMessage
-from pipeline.client.release import Mode, ReleaseBuffer, ReleaseEvent
+from pipeline.client.release import ReleaseBuffer, ReleaseEvent, ReleaseMode
 
-__all__ = ["GuardClient", "GuardedMessage", "Mode", "ReleaseBuffer", "ReleaseEvent"]
+__all__ = ["GuardClient", "GuardedMessage", "ReleaseBuffer", "ReleaseEvent", "ReleaseMode"]

@@ -15,18 +15,14 @@ Released text, blocks and retractions arrive as :class:`ReleaseEvent`s on ``msg.
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from types import TracebackType
 
-from pipeline.client.release import Mode, ReleaseBuffer, ReleaseEvent
+from pipeline.client.release import ReleaseBuffer, ReleaseEvent, ReleaseMode
 from pipeline.client.transport import DeltaPublisher, VerdictFollower
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from schemas.messages import Role, TokenDelta, Verdict
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @dataclass
@@ -81,7 +77,7 @@ class GuardedMessage:
     def _delta(self, seq: int, text: str, final: bool) -> TokenDelta:
         return TokenDelta(
             conversation_id=self.conversation_id, message_index=self.message_index, role=self.role, seq=seq,
-            text=text, final=final, reasoning=self.reasoning, tenant=self.tenant, ts_ms=_now_ms(),
+            text=text, final=final, reasoning=self.reasoning, tenant=self.tenant, ts_ms=now_ms(),
         )
 
     def _on_verdict(self, verdict: Verdict) -> None:
@@ -106,9 +102,9 @@ class GuardedMessage:
 class GuardClient:
     """Publishes deltas to ``guard.in`` and follows the verdicts of its own conversations."""
 
-    def __init__(self, settings: Settings, *, mode: Mode = "guarded", tenant: str | None = None) -> None:
+    def __init__(self, settings: Settings, *, mode: ReleaseMode = "guarded", tenant: str | None = None) -> None:
         self.settings = settings
-        self.mode: Mode = mode
+        self.mode: ReleaseMode = mode
         self.tenant = tenant
         self._publisher: DeltaPublisher | None = None
         self._follower: VerdictFollower | None = None
@@ -149,7 +145,7 @@ class GuardClient:
         tenant: str | None = None,
         message_index: int | None = None,
         reasoning: bool = False,
-        mode: Mode | None = None,
+        mode: ReleaseMode | None = None,
     ) -> GuardedMessage:
         """A new message of a conversation; its index follows the previous one unless given."""
         if self._follower is None:
@@ -165,7 +161,7 @@ class GuardClient:
     async def end(self, conversation_id: str, *, tenant: str | None = None) -> None:
         """Close the conversation: the workers free its state."""
         delta = TokenDelta(conversation_id=conversation_id, type="end", tenant=tenant or self.tenant,
-                           ts_ms=_now_ms())
+                           ts_ms=now_ms())
         await self._publish(delta, True)
         self.forget(conversation_id)
 
@@ -175,7 +171,7 @@ class GuardClient:
         if self._publisher is None:
             raise RuntimeError("GuardClient.start() (or 'async with') first")
         self._publisher.publish(TokenDelta(conversation_id=conversation_id, type="end",
-                                           tenant=tenant or self.tenant, ts_ms=_now_ms()))
+                                           tenant=tenant or self.tenant, ts_ms=now_ms()))
         self.forget(conversation_id)
 
     def forget(self, conversation_id: str) -> None:

@@ -14,7 +14,7 @@ from typing import Literal
 
 from schemas.messages import Verdict
 
-Mode = Literal["guarded", "optimistic"]
+ReleaseMode = Literal["guarded", "optimistic"]
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class ReleaseEvent:
 class ReleaseBuffer:
     """One message's chunks and their release state."""
 
-    mode: Mode = "guarded"
+    mode: ReleaseMode = "guarded"
     chunks: list[str] = field(default_factory=list)
     released_through: int = -1   # highest seq whose text the frontend has been given
     cleared_through: int = -1    # highest seq the guard has cleared

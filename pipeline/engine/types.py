@@ -3,7 +3,8 @@
 A caller says which whole token sequence a conversation should have and from which position it
 wants outputs. The engine owns the KV cache: it reuses the longest cached common prefix, crops
 what differs (re-tokenised tails, re-rendered history), prefills from scratch on a cache miss, and
-batches the requests of many conversations into one run. So callers never see the cache.
+batches the requests of many conversations into one run. Callers never touch the cache; they may
+ask which conversations it holds (metrics) through :class:`EngineCache`.
 """
 
 from __future__ import annotations
@@ -35,10 +36,36 @@ class HeadOutputs:
         return int(self.risk_logits.shape[0])
 
 
+class EngineCache(Protocol):
+    """What a caller may know of an engine's KV cache: whether a conversation is warm, and its size."""
+
+    def __contains__(self, key: object) -> bool: ...
+
+    @property
+    def nbytes(self) -> int: ...
+
+
+class NoCache:
+    """The cache of an engine that keeps none (it recomputes every request)."""
+
+    nbytes = 0
+
+    def __contains__(self, key: object) -> bool:
+        return False
+
+
+NO_CACHE = NoCache()
+
+
 class StreamEngine(Protocol):
     """Anything that turns FeedRequests into per-position head outputs."""
 
     model_name: str
+
+    @property
+    def cache(self) -> EngineCache:
+        """Its KV cache, read-only (:data:`NO_CACHE` for an engine without one)."""
+        ...
 
     def run(self, requests: Sequence[FeedRequest]) -> list[HeadOutputs]:
         """One result per request, in order. May split work into several batched model calls."""

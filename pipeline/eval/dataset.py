@@ -19,7 +19,6 @@ the way the Qwen3 chat template splits it, since the dataset stores thinking inl
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,9 +26,11 @@ from typing import Any, Literal, cast
 
 from pipeline.conversations import Conversation, Message, parse_conversation, parse_message
 from pipeline.errors import UserError
+from pipeline.jsonl import json_lines, read_jsonl_text
 from pipeline.tokens.text import TextTokenizer
+from schemas.messages import Risk
 
-Label = Literal["safe", "controversial", "unsafe"]
+Label = Risk   # a sample's gold label
 Split = Literal["auto", "classify", "loc"]
 LOC_FIELDS = ("unsafe_start_index", "unsafe_end_index")
 # Fields an evaluation line may add to a conversations-format object (``unsafe_sentence`` documents
@@ -134,30 +135,17 @@ def parse_sample(raw: Any, where: str, line: int, split: Split) -> EvalSample:
 
 
 def read_samples(path: str | Path, split: Split = "auto") -> list[EvalSample]:
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"data file {file} does not exist; pass --data with a labelled JSONL file") from None
-    except UnicodeDecodeError as exc:
-        raise UserError(f"{file} is not UTF-8 (byte {exc.start}); evaluation sets are UTF-8 JSONL") from None
+    text = read_jsonl_text(path, "data", missing_hint="; pass --data with a labelled JSONL file")
     samples: list[EvalSample] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        where = f"{file}:{number}"
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UserError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+    for where, number, raw in json_lines(text.split("\n"), str(Path(path))):
         sample = parse_sample(raw, where, number, split)
         if sample.sample_id in seen:
             raise UserError(f"{where}: sample id {sample.sample_id!r} already used on line {seen[sample.sample_id]}")
         seen[sample.sample_id] = number
         samples.append(sample)
     if not samples:
-        raise UserError(f"{file} holds no samples; write one JSON object per line")
+        raise UserError(f"{Path(path)} holds no samples; write one JSON object per line")
     return samples
 
 

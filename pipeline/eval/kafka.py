@@ -3,7 +3,7 @@
 Every sample becomes a conversation with a run-unique id, cut into TokenDeltas (the chosen
 chunking) and published to the input topic; the verdict topic is read from its end (pinned before
 the first send) until every sample has the final verdict of its judged message. Outcomes come from
-the flag and final verdicts exactly as in the replay path (pipeline.eval.runs), so the metrics are
+the flag and final verdicts exactly as in the simulated-stream path (pipeline.eval.runs), so the metrics are
 the same numbers; added: the verdicts' ``latency_ms`` (verdict time minus the stamped send time of
 the delta that completed it, measured by the worker), which includes any backlog the send rate
 creates. The worker applies its own policy file; ``--tenant`` sets the samples' tenant.
@@ -15,11 +15,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import msgspec
 
 from pipeline.chunking import Chunker
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from pipeline.conversations import Conversation
 from pipeline.deltas import conversation_deltas
@@ -27,6 +27,7 @@ from pipeline.errors import UserError
 from pipeline.eval.dataset import EvalSample
 from pipeline.eval.metrics import Outcome, percentiles
 from pipeline.eval.runs import SampleRun, context_of, outcome_from_verdicts
+from pipeline.kafka.readers import verdict_reader
 from pipeline.tokens.text import TextTokenizer
 from schemas.messages import Verdict, decode_verdict, encode
 
@@ -36,30 +37,6 @@ class KafkaResult:
     runs: list[SampleRun]
     latency: dict[str, dict[str, float | None]] = field(default_factory=dict)
     duplicates: int = 0     # verdicts seen twice (at-least-once delivery), ignored
-
-
-def _verdict_consumer(settings: Settings) -> Any:
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-    from pipeline.kafka.clients import consumer_config
-
-    consumer = Consumer(consumer_config(settings, f"guardstream-eval-{uuid.uuid4().hex[:12]}"))
-    try:
-        metadata = consumer.list_topics(settings.topic_verdicts, timeout=10)
-    except KafkaException as exc:
-        consumer.close()
-        raise UserError(f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}; is it running?") from None
-    topic = metadata.topics.get(settings.topic_verdicts)
-    if topic is None or topic.error is not None or not topic.partitions:
-        consumer.close()
-        raise UserError(f"topic {settings.topic_verdicts} does not exist; create it with 'guardstream topics'")
-    assignment = []
-    for partition in sorted(topic.partitions):
-        # Pin the end before sending: verdicts of this run are never skipped, older ones never read.
-        _, end = consumer.get_watermark_offsets(TopicPartition(settings.topic_verdicts, partition), timeout=10)
-        assignment.append(TopicPartition(settings.topic_verdicts, partition, end))
-    consumer.assign(assignment)
-    return consumer
 
 
 def run_through_kafka(settings: Settings, samples: Sequence[EvalSample], text: TextTokenizer, chunker: Chunker,
@@ -76,7 +53,7 @@ def run_through_kafka(settings: Settings, samples: Sequence[EvalSample], text: T
                                                          sample.unsafe_start, sample.unsafe_end)
     if len(by_id) != len(samples):
         raise UserError("two samples share a conversation id after prefixing; give samples unique ids")
-    consumer = _verdict_consumer(settings)
+    consumer = verdict_reader(settings, "eval")
     producer = make_producer(settings)
     failures: list[str] = []
 
@@ -91,7 +68,7 @@ def run_through_kafka(settings: Settings, samples: Sequence[EvalSample], text: T
             for delta in conversation_deltas(sample.conversation, chunker, end=True):
                 if rate > 0 and (wait := started + sent / rate - time.monotonic()) > 0:
                     time.sleep(wait)
-                value = encode(msgspec.structs.replace(delta, ts_ms=int(time.time() * 1000)))
+                value = encode(msgspec.structs.replace(delta, ts_ms=now_ms()))
                 while True:
                     try:
                         producer.produce(settings.topic_in, key=delta.conversation_id, value=value,

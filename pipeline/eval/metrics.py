@@ -17,8 +17,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-Risk = Literal["safe", "controversial", "unsafe"]
-Policy = Literal["strict", "loose"]
+from schemas.messages import Risk
+from schemas.policy import PolicyMode
+
 # How the detection position is chosen: strict = the first run of either level (what a strict
 # tenant blocks at), loose = the first Unsafe run, report = the deciding token of the offline rule
 # (first Unsafe run anywhere, else the first Controversial run), as the report's script counts it.
@@ -38,7 +39,7 @@ class Outcome:
     positions: tuple[int, ...] = ()     # position in the rendered conversation of each scored token
 
 
-def blocks(risk: str, policy: Policy) -> bool:
+def blocks(risk: str, policy: PolicyMode) -> bool:
     """Whether ``risk`` counts as unsafe under ``policy`` (used for predictions and gold labels)."""
     return risk == "unsafe" or (risk == "controversial" and policy == "strict")
 
@@ -62,7 +63,7 @@ def _ratio(num: int, den: int) -> float | None:
     return num / den if den else None
 
 
-def classification(gold: Sequence[str], predicted: Sequence[str], policy: Policy) -> Classification:
+def classification(gold: Sequence[str], predicted: Sequence[str], policy: PolicyMode) -> Classification:
     """Unsafe-class precision/recall/F1 of ``predicted`` risks against ``gold`` labels under ``policy``."""
     if len(gold) != len(predicted):
         raise ValueError(f"{len(gold)} gold labels but {len(predicted)} predictions")

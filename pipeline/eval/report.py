@@ -11,7 +11,6 @@ from pipeline.eval.metrics import (
     BINS,
     DETECTION_MODES,
     Outcome,
-    Policy,
     classification,
     confusion,
     detection_position,
@@ -21,6 +20,7 @@ from pipeline.eval.metrics import (
 from pipeline.eval.runs import SampleRun
 from pipeline.eval.sweep import SweptThreshold, rule_outcome, swept_rule
 from pipeline.tokens.text import TextTokenizer
+from schemas.policy import PolicyMode
 
 
 def whole_string_agrees(text: TextTokenizer, context_ids: Sequence[int]) -> bool:
@@ -55,7 +55,7 @@ def metrics(runs: Sequence[SampleRun], outcomes: Sequence[Outcome] | None = None
 
 
 def sweep(runs: Sequence[SampleRun], base: ThresholdRule, which: SweptThreshold, grid: Sequence[float],
-          policy: Policy) -> list[dict[str, Any]]:
+          policy: PolicyMode) -> list[dict[str, Any]]:
     """Metrics at each threshold value: response samples relabelled from their kept probabilities."""
     points = []
     for value in grid:

@@ -4,34 +4,35 @@ Two paths, which must agree (tests/eval/test_eval_command.py):
 
 - offline (``--engine torch`` without chunking): the reference computation, one full-sequence
   forward over the judged message's context (pipeline.reference);
-- replay (``--engine onnx``, or any ``--chunk-chars`` / ``--chunk-tokens``): the conversation cut
+- simulated stream (``--engine onnx``, or any ``--chunk-chars`` / ``--chunk-tokens``): the conversation cut
   into TokenDeltas and fed through the stream Scorer and an engine exactly as a stream worker
   does, the outcome read from its flag and final verdicts.
 
 Both keep the per-token probabilities of the judged message, which ``--sweep`` relabels offline.
 The tenant rule (thresholds, debounce) is applied by the same code in both: the Scorer's debounce
-in the replay path, :class:`pipeline.decision.ResponseDebouncer` here in the offline one.
+in the simulated-stream path, :class:`pipeline.decision.ResponseDebouncer` here in the offline one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from pipeline.chunking import Chunker
 from pipeline.decision import ResponseDebouncer, ThresholdRule, TokenJudgement, decide_prompt, judge_tokens
 from pipeline.deltas import conversation_deltas
-from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.engine.types import EngineCache, FeedRequest, HeadOutputs, StreamEngine
 from pipeline.eval.dataset import EvalSample
 from pipeline.eval.metrics import Outcome
 from pipeline.labels import LabelMaps
 from pipeline.scoring.scorer import Scorer
-from pipeline.scoring.state import SourceRef, unpack
+from pipeline.scoring.state import unpack
+from pipeline.simulate import Simulator
 from pipeline.tokens.chat import RenderedContext
 from pipeline.tokens.text import TextTokenizer
-from schemas.messages import Verdict, encode
+from schemas.messages import Verdict
 
 RISK_CODES = {"safe": 0, "unsafe": 1, "controversial": 2}   # the model's risk head order
 
@@ -109,6 +110,10 @@ class RecordingEngine:
         self.model_name = inner.model_name
         self.rows: dict[str, dict[int, tuple[np.ndarray, np.ndarray]]] = {}
 
+    @property
+    def cache(self) -> EngineCache:
+        return self.inner.cache
+
     def run(self, requests: Sequence[FeedRequest]) -> list[HeadOutputs]:
         results = self.inner.run(requests)
         for request, out in zip(requests, results, strict=True):
@@ -144,27 +149,26 @@ def outcome_from_verdicts(verdicts: Sequence[Verdict], message_index: int, posit
     return Outcome(finals[0].risk, first.get("unsafe"), first.get("controversial"), tuple(positions))
 
 
-class ReplayRunner:
+class SimulatedStreamRunner:
     """The streaming path: deltas through the Scorer and an engine, as a stream worker feeds them."""
 
     def __init__(self, scorer: Scorer, engine: StreamEngine, chunker: Chunker, labels: LabelMaps,
                  max_context_tokens: int) -> None:
         self.scorer = scorer
         self.engine = RecordingEngine(engine)
+        self.simulator = Simulator(scorer, self.engine)
         self.chunker = chunker
         self.labels = labels
         self.max_context_tokens = max_context_tokens
 
     def run(self, sample: EvalSample) -> SampleRun:
         context = context_of(self.scorer.text, sample, self.max_context_tokens)
-        conversation = sample.conversation
-        state = self.scorer.new_state(conversation.conversation_id, None)
-        verdicts: list[Verdict] = []
-        for offset, delta in enumerate(conversation_deltas(conversation, self.chunker, end=False)):
-            self.scorer.apply(state, delta, encode(delta), SourceRef("eval", 0, offset), 0)
-            while (request := self.scorer.pending(state)) is not None:
-                verdicts += self.scorer.absorb(state, self.engine.run([request])[0], 0)
-        self.engine.evict(state.key)
+        # The run's --policy applies, not a tenant's: the sample is judged without its tenant.
+        conversation = replace(sample.conversation, tenant=None)
+        deltas = conversation_deltas(conversation, self.chunker, end=False)
+        result = self.simulator.feed(conversation, deltas, 0, topic="eval")
+        state, verdicts = result.state, result.verdicts
+        assert state is not None
         if context is None:
             self.engine.rows.pop(state.key, None)
             return SampleRun(sample, Outcome("safe"), [], judged=False, verdicts=verdicts)

@@ -20,8 +20,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from pipeline.client import GuardClient, Mode
+from pipeline.client import GuardClient, ReleaseMode
 from pipeline.config import Settings
+from pipeline.dashboard.app import Dashboard, ui_routes
 from pipeline.gateway import wire
 from pipeline.gateway.completion import (
     BadRequest,
@@ -52,7 +53,7 @@ class Gateway:
         self.tenants = TenantResolver(settings.gateway_tenant or None, settings.gateway_tenant_header, keys,
                                       frozenset(book.tenants) | frozenset((keys or {}).values()))
         self.fail_open = frozenset(t.strip() for t in settings.gateway_fail_open_tenants.split(",") if t.strip())
-        self.mode: Mode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
+        self.mode: ReleaseMode = "optimistic" if settings.gateway_mode == "optimistic" else "guarded"
         self.limits = Limits(settings.gateway_verdict_timeout_ms / 1000, settings.gateway_max_reply_bytes)
         self.guard: GuardClient | None = None
         self.http: httpx.AsyncClient | None = None
@@ -159,7 +160,7 @@ class Gateway:
                         continue
                     self._ended(conversation_id, False, item, tenant)
                     return JSONResponse(wire.completion(_meta(item, model), "".join(parts), item.finish_reason,
-                                                        item.upstream.usage, item.verdict))
+                                                        item.upstream.usage, item.verdict or item.flagged))
         except UpstreamError as exc:
             self.metrics.requests.labels("false", "upstream_error").inc()
             return _error(exc.status, str(exc), "upstream_error")
@@ -185,8 +186,8 @@ class Gateway:
                         first = False
                         continue
                     self._ended(conversation_id, True, item, tenant)
-                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason, verdict=item.verdict,
-                                           retracted=item.retracted))
+                    yield _data(wire.chunk(meta, role=first, finish_reason=item.finish_reason,
+                                           verdict=item.verdict or item.flagged, retracted=item.retracted))
                     if include_usage and item.upstream.usage is not None:
                         yield _data(wire.usage_chunk(meta, item.upstream.usage))
                     yield {"data": "[DONE]"}
@@ -280,19 +281,27 @@ class InFlightLimit:
 
 def create_app(settings: Settings) -> Starlette:
     gateway = Gateway(settings)
+    # The live view at /ui (docs/dashboard.md); Starlette runs no lifespan of a mounted app, so it is
+    # started and closed here.
+    dashboard = Dashboard(settings) if settings.gateway_ui else None
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await gateway.start()
         try:
+            if dashboard is not None:
+                await dashboard.start()
             yield
         finally:
+            if dashboard is not None:
+                await dashboard.close()
             await gateway.close()
 
     return Starlette(routes=[
         Route("/v1/chat/completions", gateway.chat_completions, methods=["POST"]),
         Route("/v1/models", gateway.models, methods=["GET"]),
         Mount("/metrics", app=make_asgi_app(gateway.metrics.registry)),
+        *(ui_routes(dashboard) if dashboard is not None else []),
     ], lifespan=lifespan, middleware=[
         Middleware(InFlightLimit, limit=max(1, settings.gateway_max_requests),
                    metrics=gateway.metrics),

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from pipeline.client import GuardClient, Mode
+from pipeline.client import GuardClient, ReleaseMode
 from pipeline.gateway.upstream import UpstreamError, UpstreamReply, stream_text
 from schemas.messages import Role, Verdict
 
@@ -52,6 +52,7 @@ class Ended:
     held_s: float | None = None         # upstream's end to this end (None: stopped before its end)
     retracted: bool = False             # optimistic mode: text already sent must be taken back
     failed_open: bool = False           # the guard did not rule in time; the tenant opted to pass the text
+    flagged: Verdict | None = None      # the final verdict of a reply allowed although not Safe (a loose policy)
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ async def judge_prompt(guard: GuardClient, conversation_id: str, tenant: str | N
 
 async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, body: Mapping[str, Any],
                         headers: Mapping[str, str], conversation_id: str, tenant: str | None,
-                        limits: Limits, mode: Mode = "guarded", fail_open: bool = False
+                        limits: Limits, mode: ReleaseMode = "guarded", fail_open: bool = False
                         ) -> AsyncGenerator[Released | Ended, None]:
     """Stream the upstream's reply through the guard: cleared text (optimistic mode: all text at
     once), then how it ended.
@@ -180,7 +181,8 @@ async def guarded_reply(guard: GuardClient, http: httpx.AsyncClient, url: str, b
                 yield Released(event.released)
             if event.final is not None:
                 reason = "length" if truncated else (upstream.finish_reason or "stop")
-                yield Ended(reason, None, upstream, time.monotonic() - upstream_done)
+                flagged = event.final if event.final.risk != "safe" else None
+                yield Ended(reason, None, upstream, time.monotonic() - upstream_done, flagged=flagged)
                 return
     finally:
         if not task.done():

@@ -7,12 +7,12 @@ own upstream key instead of the client's.
 from __future__ import annotations
 
 import hmac
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import UserError
+from pipeline.mapping_files import file_format, parse_mapping_file
 from schemas.messages import MAX_TENANT_CHARS
 
 
@@ -30,18 +30,11 @@ def load_key_map(path: str) -> dict[str, str]:
     if not file.is_file():
         raise UserError(f"API key file {path} does not exist; pass --gateway-api-keys with a YAML or JSON file "
                         "mapping each key to its tenant")
-    text = file.read_text(encoding="utf-8")
     try:
-        if file.suffix == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
+        data = parse_mapping_file(file)
     except Exception:
         # The parser's message may quote the file, i.e. keys: never repeat it.
-        raise UserError(f"API key file {path} does not parse as {'JSON' if file.suffix == '.json' else 'YAML'}") \
-            from None
+        raise UserError(f"API key file {path} does not parse as {file_format(file)}") from None
     if not isinstance(data, dict) or not data:
         raise UserError(f"API key file {path}: expected a non-empty mapping of API key to tenant name")
     keys: dict[str, str] = {}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.gen.grammar import REFUSAL_OPTIONS, RISK_LABELS, SAFETY_HEAD, RulingGrammar, State
-from pipeline.gen.render import Mode
+from pipeline.gen.render import ModeratedTurn
 from pipeline.labels import LONG_CATEGORY_NAMES
 
 MAX_NEW_TOKENS = 128
@@ -89,7 +89,7 @@ class _Allowed:
 class RulingConstraint:
     """Allowed next tokens for a grammar state (memoised: states recur across requests)."""
 
-    def __init__(self, table: TokenTable, mode: Mode) -> None:
+    def __init__(self, table: TokenTable, mode: ModeratedTurn) -> None:
         self.table = table
         self.grammar = RulingGrammar(mode)
         self.text_of = dict(zip(table.ids, table.texts, strict=True))

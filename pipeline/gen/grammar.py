@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from pipeline.gen.render import Mode
+from pipeline.gen.render import ModeratedTurn
 from pipeline.labels import LONG_CATEGORY_NAMES
 
 RISK_LABELS: tuple[str, ...] = ("Safe", "Unsafe", "Controversial")
@@ -39,7 +39,7 @@ class Option:
 
 
 class RulingGrammar:
-    def __init__(self, mode: Mode) -> None:
+    def __init__(self, mode: ModeratedTurn) -> None:
         self.mode = mode
         names = LONG_CATEGORY_NAMES if mode == "prompt" else tuple(n for n in LONG_CATEGORY_NAMES if n != "Jailbreak")
         self.category_names: tuple[str, ...] = names

@@ -9,7 +9,7 @@ from pipeline.gen.checkpoint import GenModel
 from pipeline.gen.constrained import MAX_NEW_TOKENS, RulingConstraint, TokenTable, constrained_generate
 from pipeline.gen.long_text import fit_to_context
 from pipeline.gen.parse import ParseError, Ruling, parse_ruling
-from pipeline.gen.render import Mode, ModerationRequest
+from pipeline.gen.render import ModeratedTurn, ModerationRequest
 
 
 @dataclass(frozen=True)
@@ -26,8 +26,8 @@ class GenModerator:
         self.max_new_tokens = max_new_tokens
         self.context_tokens = min(context_tokens, gen.max_position_embeddings)
         table = TokenTable.from_tokenizer(gen.tokenizer, gen.eos_token_ids)
-        modes: tuple[Mode, ...] = ("prompt", "response")
-        self._constraints: dict[Mode, RulingConstraint] = {m: RulingConstraint(table, m) for m in modes}
+        modes: tuple[ModeratedTurn, ...] = ("prompt", "response")
+        self._constraints: dict[ModeratedTurn, RulingConstraint] = {m: RulingConstraint(table, m) for m in modes}
 
     @property
     def prompt_budget(self) -> int:

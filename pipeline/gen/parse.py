@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Literal
 
-from pipeline.gen.render import Mode
+from pipeline.gen.render import ModeratedTurn
 from pipeline.labels import LONG_CATEGORY_NAMES
-
-Risk = Literal["safe", "controversial", "unsafe"]
+from schemas.messages import Risk
 
 SAFETY_PATTERN = re.compile(r"Safety: (Safe|Unsafe|Controversial)")
 CATEGORY_PATTERN = re.compile("(" + "|".join(re.escape(n) for n in (*LONG_CATEGORY_NAMES, "None")) + ")")
@@ -40,7 +38,7 @@ class ParseError:
     text: str
 
 
-def parse_ruling(text: str, mode: Mode) -> Ruling | ParseError:
+def parse_ruling(text: str, mode: ModeratedTurn) -> Ruling | ParseError:
     safety = SAFETY_PATTERN.search(text)
     if safety is None:
         return ParseError("no 'Safety: Safe|Unsafe|Controversial' line", text)

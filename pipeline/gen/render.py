@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Mode = Literal["prompt", "response"]
+ModeratedTurn = Literal["prompt", "response"]   # what Gen judges: the user's prompt or the assistant's response
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class ModerationRequest:
     elided_chars: int = 0
 
     @property
-    def mode(self) -> Mode:
+    def mode(self) -> ModeratedTurn:
         return "response" if self.turns[-1].role == "assistant" else "prompt"
 
 

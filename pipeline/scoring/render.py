@@ -1,4 +1,11 @@
-"""Growing a conversation's token stream from in-order deltas, as :mod:`pipeline.tokens.chat` defines it.
+"""The render stage: a conversation's token stream grown from in-order deltas, as :mod:`pipeline.tokens.chat`
+defines it, and what of it the engine must score.
+
+Input: deltas in order (from :mod:`pipeline.scoring.ordering`). Output: Rejections for what cannot
+be judged (context limit), a :class:`FeedRequest` for the engine, and, once the engine answered,
+:class:`Taken`: which output rows are scored tokens of which message (for the judge). It writes the
+render fields of :class:`ConversationState` (the stream, ``absorbed``, the per-message scoring
+records' positions and spans, the queue); the judge only reads them.
 
 The stream equals ``render_context(messages, i)`` for the message ``i`` being received, built
 incrementally: template pieces are appended as the message's structure becomes known, text tokens
@@ -7,8 +14,10 @@ spans in the message text (reasoning and content deltas concatenated in seq orde
 
 History re-render: when a message begins, earlier assistant messages whose think block the template
 now drops are re-rendered (``<|im_start|>assistant\\n{content}<|im_end|>\\n``), which changes tokens
-in the middle of the stream. It is done only once every token's outputs were absorbed (the caller
-queues the message otherwise), so no message is ever scored in a context it does not belong to.
+in the middle of the stream. It is done only once every token's outputs were taken: until then the
+message's deltas wait in ``state.queued``, and :meth:`StreamRenderer.resume` (after the judge) renders
+them, so no message is ever scored in a context it does not belong to. Each such message boundary
+costs one more engine round.
 
 Context limit: the stream never exceeds ``max_context_tokens``. Each message keeps room for the
 tokens that close it, so a message cut short still gets its final verdict on what fit (a user
@@ -20,12 +29,17 @@ later message of the conversation.
 from __future__ import annotations
 
 from array import array
+from bisect import bisect_left
+from dataclasses import dataclass
 
+from pipeline.engine.types import FeedRequest
 from pipeline.scoring.state import (
     ConversationState,
     GroupMessage,
+    HeldDelta,
     MessageScoring,
     OpenMessage,
+    Rejection,
     TextStream,
     pack,
     unpack,
@@ -34,6 +48,23 @@ from pipeline.tokens.chat import EMPTY_THINK_PIECE, END_PIECE, THINK_CLOSE_PIECE
 from pipeline.tokens.incremental import IncrementalTokenizer
 from pipeline.tokens.text import TextTokenizer, TokenSpans
 from schemas.messages import TokenDelta
+
+
+@dataclass(frozen=True, slots=True)
+class ScoredRows:
+    """Rows of one engine answer that are scored tokens of one message, with their character spans."""
+
+    record: MessageScoring
+    rows: list[int]         # row indices into the engine's HeadOutputs, ascending
+    spans: array[int]       # packed (start, end) per row: the token's characters in the message text
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What one engine answer covers: scored rows per message, and the messages now fully scored."""
+
+    scored: list[ScoredRows]
+    finished: list[MessageScoring]   # closed and every scored token taken: their final verdict is due
 
 
 class StreamRenderer:
@@ -52,18 +83,86 @@ class StreamRenderer:
         """Which group messages lose their think block when a ``role`` message begins."""
         return [g.think and not (role != "user" and g.has_reasoning) for g in state.group]
 
-    def must_wait(self, state: ConversationState, role: str) -> bool:
+    def _must_wait(self, state: ConversationState, role: str) -> bool:
         """A ``role`` message cannot begin yet: history must be re-rendered and outputs are pending."""
-        return any(self._changes(state, role)) and state.absorbed < len(state.token_ids) // 4
+        return any(self._changes(state, role)) and state.absorbed < state.stream_length
+
+    # -- stage interface ------------------------------------------------------------------------
+    def render(self, state: ConversationState, item: HeldDelta) -> list[Rejection]:
+        """Render one in-order delta, or queue it behind a pending history re-render."""
+        if state.queued or (item.delta.seq == 0 and self._must_wait(state, str(item.delta.role))):
+            state.queued.append(item)
+            return []
+        return self._render(state, item)
+
+    def resume(self, state: ConversationState) -> list[Rejection]:
+        """Render the queued deltas that may go now (after the judge took the outputs they waited for)."""
+        out: list[Rejection] = []
+        while state.queued:
+            head = state.queued[0]
+            if head.delta.seq == 0 and self._must_wait(state, str(head.delta.role)):
+                break
+            state.queued.pop(0)
+            out += self._render(state, head)
+        return out
+
+    def request(self, state: ConversationState) -> FeedRequest | None:
+        """The whole stream and the first position whose outputs are wanted, or None when up to date."""
+        if state.absorbed >= state.stream_length:
+            return None
+        return FeedRequest(state.key, unpack(state.token_ids).tolist(), state.absorbed)
+
+    def take(self, state: ConversationState, count: int) -> Taken:
+        """The engine answered positions ``[absorbed, absorbed + count)``: map its rows to messages."""
+        start = state.absorbed
+        scored: list[ScoredRows] = []
+        for record in state.scoring:
+            if not record.positions:
+                continue
+            positions = unpack(record.positions)
+            take = bisect_left(positions, start + count) - bisect_left(positions, start)
+            if not take:
+                continue
+            rows = [position - start for position in positions[:take]]
+            spans = unpack(record.spans)
+            if take == len(positions):   # the usual case: every scored token so far is answered
+                scored.append(ScoredRows(record, rows, spans))
+                record.positions, record.spans = b"", b""
+            else:
+                scored.append(ScoredRows(record, rows, spans[: 2 * take]))
+                record.positions, record.spans = pack(positions[take:]), pack(spans[2 * take:])
+        state.absorbed = start + count
+        finished = [r for r in state.scoring if r.closed and not r.positions]
+        if finished:
+            state.scoring = [r for r in state.scoring if not (r.closed and not r.positions)]
+        return Taken(scored, finished)
+
+    # -- structure ------------------------------------------------------------------------------
+    def _render(self, state: ConversationState, item: HeldDelta) -> list[Rejection]:
+        delta = item.delta
+        notes: list[str] = []
+        if delta.seq == 0:
+            notes += self.begin(state, delta)
+        record = _open_record(state)
+        offset = record.text_len if record is not None else 0
+        if record is not None:
+            record.delta_starts += pack([record.text_len])
+            record.text_len += len(delta.text)
+            record.last_ts_ms = delta.ts_ms if delta.ts_ms is not None else record.last_ts_ms
+        notes += self.add_text(state, delta, offset)
+        if delta.final:
+            notes += self.close(state, int(delta.seq or 0))
+        return [Rejection(note, item.raw, item.source, state.conversation_id) for note in notes]
 
     def begin(self, state: ConversationState, delta: TokenDelta) -> list[str]:
         role = str(delta.role)
         self._rerender(state, role)
         if role == "user":
             state.group = []
-        think = role == "assistant" and state.seen_user
-        if role == "user":
-            state.seen_user = True
+        # Ordering accepted this message (and every user message before it): an assistant thinks
+        # after a user message. Later user messages may be accepted already, but then nothing
+        # waits in the queue behind a think block, so the flag is what it was at acceptance.
+        think = role == "assistant" and state.accepted_user
         tokens = unpack(state.token_ids)
         needed = len(self.headers[role]) + (len(self.empty_think) if think else 0) + len(self.end)
         index = int(delta.message_index or 0)
@@ -147,7 +246,7 @@ class StreamRenderer:
             self._extend(state, self.think_close)
         elif message.think:
             self._extend(state, self.empty_think)
-        self._group_of(state, message).content_start = len(state.token_ids) // 4
+        self._group_of(state, message).content_start = state.stream_length
         return notes
 
     def close(self, state: ConversationState, final_seq: int) -> list[str]:
@@ -161,7 +260,7 @@ class StreamRenderer:
         if not message.truncated:
             spans = self._finish(message.content)
             notes += self._append_text(state, message, spans, reserve=len(self.end))
-        position = len(state.token_ids) // 4
+        position = state.stream_length
         if message.role == "assistant":
             group = self._group_of(state, message)
             group.content_end, group.dropped_newlines = position, message.content.dropped_newlines
@@ -173,7 +272,7 @@ class StreamRenderer:
             record.closed, record.final_seq = True, final_seq
         self._extend(state, self.end)
         if message.role != "user":
-            self._group_of(state, message).end = len(state.token_ids) // 4
+            self._group_of(state, message).end = state.stream_length
         return notes
 
     # -- helpers --------------------------------------------------------------------------------
@@ -210,12 +309,10 @@ class StreamRenderer:
     ) -> list[str]:
         if not spans.ids or message.truncated:
             return []
-        tokens = unpack(state.token_ids)
-        room = self.max_context_tokens - reserve - len(tokens)
+        start = state.stream_length
+        room = self.max_context_tokens - reserve - start
         ids, kept = spans.ids[: max(room, 0)], spans.spans[: max(room, 0)]
-        start = len(tokens)
-        tokens.extend(ids)
-        state.token_ids = pack(tokens)
+        state.token_ids += pack(ids)
         record = self._scoring_of(state, message)
         if record is not None and message.role == "assistant":
             record.positions += pack(list(range(start, start + len(ids))))
@@ -233,7 +330,7 @@ class StreamRenderer:
                 "only its beginning is judged"]
 
     def _fits(self, state: ConversationState, needed: int) -> bool:
-        return len(state.token_ids) // 4 + needed <= self.max_context_tokens
+        return state.stream_length + needed <= self.max_context_tokens
 
     def _extend(self, state: ConversationState, ids: list[int]) -> None:
         state.token_ids += pack(ids)
@@ -251,3 +348,12 @@ class StreamRenderer:
             if record.index == message.index:
                 return record
         return None
+
+
+def _open_record(state: ConversationState) -> MessageScoring | None:
+    if state.open is None or state.open.skipped:
+        return None
+    for record in reversed(state.scoring):
+        if record.index == state.open.index:
+            return record
+    return None

@@ -3,7 +3,11 @@
 Compact by construction: the token stream is packed uint32 (``array('I')`` bytes), everything else
 is O(messages still being scored) plus the text the incremental tokenizer holds back. Per-token
 data of a message (its scored positions and character spans) lives only until the model's outputs
-for those tokens are absorbed.
+for those tokens are taken by the judge.
+
+One writer per field: each field says which stage module writes it (``ordering``:
+:mod:`pipeline.scoring.ordering`, ``render``: :mod:`pipeline.scoring.render`, ``judge``:
+:mod:`pipeline.scoring.judge`). Other stages only read it. Fields set once at creation say so.
 """
 
 from __future__ import annotations
@@ -81,31 +85,35 @@ class GroupMessage(msgspec.Struct):
 
 
 class MessageScoring(msgspec.Struct):
-    """A user or assistant message whose verdicts are not all out yet."""
+    """A user or assistant message whose verdicts are not all out yet.
 
-    index: int
-    role: str
-    closed: bool = False
-    final_seq: int = -1
-    delta_starts: bytes = b""         # packed: message character offset where each seq's text starts
-    text_len: int = 0                 # characters received so far
-    last_ts_ms: int | None = None
-    positions: bytes = b""            # packed: stream positions of scored tokens not yet absorbed
-    spans: bytes = b""                # packed: (start, end) character span of each of those tokens
-    done: int = 0                     # scored tokens absorbed so far
-    debouncer: ResponseDebouncer = msgspec.field(default_factory=ResponseDebouncer)
-    event_spans: dict[int, tuple[int, int]] = msgspec.field(default_factory=dict)  # token index -> span
-    last_span: tuple[int, int] | None = None
-    blocked: bool = False             # a flag whose action is block fired: progress stops
-    labels: bytes = b""               # per scored token risk index (only with include_token_labels)
-    truncated: bool = False
-    prompt: Risk | None = None        # user message: the decision at its <|im_end|>
-    prompt_category: str | None = None
-    prompt_scores: dict[str, float] = msgspec.field(default_factory=dict)
+    The render stage creates it and writes what the stream says about the message (its text, its
+    scored positions); the judge writes what the model's outputs said.
+    """
+
+    index: int                        # creation
+    role: str                         # creation
+    closed: bool = False              # render: its <|im_end|> is in the stream
+    final_seq: int = -1               # render: seq of its final chunk
+    delta_starts: bytes = b""         # render, packed: message character offset where each seq's text starts
+    text_len: int = 0                 # render: characters received so far
+    last_ts_ms: int | None = None     # render: ts_ms of its newest delta
+    positions: bytes = b""            # render, packed: stream positions of scored tokens not yet judged
+    spans: bytes = b""                # render, packed: (start, end) character span of each of those tokens
+    truncated: bool = False           # render: cut at the model context
+    done: int = 0                     # judge: scored tokens judged so far
+    debouncer: ResponseDebouncer = msgspec.field(default_factory=ResponseDebouncer)   # judge
+    event_spans: dict[int, tuple[int, int]] = msgspec.field(default_factory=dict)  # judge: token index -> span
+    last_span: tuple[int, int] | None = None   # judge
+    blocked: bool = False             # judge: a flag whose action is block fired: progress stops
+    labels: bytes = b""               # judge: per scored token risk index (only with include_token_labels)
+    prompt: Risk | None = None        # judge, user message: the decision at its <|im_end|>
+    prompt_category: str | None = None          # judge
+    prompt_scores: dict[str, float] = msgspec.field(default_factory=dict)   # judge
 
 
 class OpenMessage(msgspec.Struct):
-    """The message receiving deltas now."""
+    """The message receiving deltas now (written by the render stage only)."""
 
     index: int
     role: str
@@ -118,27 +126,39 @@ class OpenMessage(msgspec.Struct):
 
 
 class ConversationState(msgspec.Struct, omit_defaults=True):   # small tombstones and fresh states
-    conversation_id: str
-    tenant: str | None
-    key: str
-    token_ids: bytes = b""            # packed uint32: the rendered conversation so far
-    absorbed: int = 0                 # stream positions whose model outputs were absorbed
-    seen_user: bool = False           # rendering: a user message has begun
-    # ordering
-    accepted_user: bool = False       # a user message was accepted (it may still be queued)
-    message_think: bool = False       # the message being accepted is rendered with a think block
-    message: int = -1                 # index of the last message begun
-    message_open: bool = False
-    message_role: str = ""
-    next_seq: int = 0
-    saw_content: bool = False
-    held: list[HeldDelta] = msgspec.field(default_factory=list)
-    last_source: SourceRef | None = None  # the input record of the last delta applied (for operators, replay)
-    queued: list[HeldDelta] = msgspec.field(default_factory=list)   # in order, waiting for a re-render
-    notes: list[Rejection] = msgspec.field(default_factory=list)    # found while rendering queued deltas
-    # rendering and scoring
-    open: OpenMessage | None = None
-    group: list[GroupMessage] = msgspec.field(default_factory=list)
-    scoring: list[MessageScoring] = msgspec.field(default_factory=list)
-    full: bool = False                # the model context is used up: later messages are not judged
-    ended: bool = False               # ``type: end`` seen: the id is closed, later deltas are reported
+    conversation_id: str              # creation
+    tenant: str | None                # creation
+    key: str                          # creation
+    # ordering: which deltas are accepted, in what order
+    accepted_user: bool = False       # ordering: a user message was accepted (assistants after it think)
+    message: int = -1                 # ordering: index of the last message begun
+    message_open: bool = False        # ordering
+    message_role: str = ""            # ordering
+    next_seq: int = 0                 # ordering
+    saw_content: bool = False         # ordering: the open message had a content delta (reasoning is over)
+    held: list[HeldDelta] = msgspec.field(default_factory=list)   # ordering: early deltas waiting for a gap
+    last_source: SourceRef | None = None  # ordering: the input record of the last delta applied (operators, replay)
+    ended: bool = False               # ordering: ``type: end`` seen: the id is closed, later deltas are reported
+    # render: the token stream and what of it is scored
+    token_ids: bytes = b""            # render, packed uint32: the rendered conversation so far
+    absorbed: int = 0                 # render: stream positions whose model outputs were taken for the judge
+    queued: list[HeldDelta] = msgspec.field(default_factory=list)   # render: accepted, waiting for a re-render
+    open: OpenMessage | None = None   # render
+    group: list[GroupMessage] = msgspec.field(default_factory=list)   # render
+    scoring: list[MessageScoring] = msgspec.field(default_factory=list)   # render appends and removes
+    full: bool = False                # render: the model context is used up: later messages are not judged
+
+    @property
+    def stream_length(self) -> int:
+        """Tokens in the rendered stream (``token_ids`` holds 4 bytes per token)."""
+        return len(self.token_ids) // 4
+
+    @property
+    def message_think(self) -> bool:
+        """The message being accepted is rendered with a think block (an assistant after a user message)."""
+        return self.message_role == "assistant" and self.accepted_user
+
+
+def tombstone(state: ConversationState) -> ConversationState:
+    """What an ended conversation leaves in the store: enough to report later deltas of its id."""
+    return ConversationState(state.conversation_id, state.tenant, state.key, ended=True)

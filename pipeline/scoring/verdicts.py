@@ -1,4 +1,8 @@
-"""The one place stream Verdicts are built.
+"""The verdicts stage: the one place stream Verdicts are built.
+
+Input: a message's scoring record (:class:`MessageScoring`) and what the judge decided (a debounced
+pair, a progress watermark, the end of the message). Output: :class:`Verdict`. Objects are built
+only for verdicts that are emitted.
 
 ``verdict_id`` is deterministic, ``{conversation}/{message}/stream/{kind}/{position}``: position is
 the scored-token index for ``progress`` and ``flag`` and the word ``end`` for ``final`` (one final per
@@ -8,11 +12,15 @@ produces identical verdicts.
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from typing import Literal
 
 from pipeline.decision import Decision, PairEvent
 from pipeline.policy import TenantPolicy
+from pipeline.scoring.state import ConversationState, MessageScoring, unpack
 from schemas.messages import Risk, Role, Verdict, VerdictKind
+
+_RISK_NAMES = ("safe", "unsafe", "controversial")   # the codes of MessageScoring.labels
 
 
 def verdict_id(conversation_id: str, message_index: int, kind: VerdictKind, position: int | str) -> str:
@@ -101,3 +109,71 @@ def progress_verdict(
         kind="progress", risk=risk, action=action, model=model, ts_ms=ts_ms, token_index=token_index,
         cleared_through_seq=cleared_through_seq, latency_ms=_latency(ts_ms, delta_ts_ms), tenant=tenant,
     )
+
+
+# -- a message's verdicts, from its scoring record ------------------------------------------------
+def message_flag(
+    state: ConversationState, record: MessageScoring, event: PairEvent, span: tuple[int, int],
+    policy: TenantPolicy, model: str, now_ms: int,
+) -> Verdict:
+    return flag_verdict(
+        conversation_id=state.conversation_id, message_index=record.index, event=event, policy=policy,
+        model=model, ts_ms=now_ms, seq=seq_at(record, span[0]), char_offset=span[0], tenant=state.tenant,
+        delta_ts_ms=record.last_ts_ms,
+    )
+
+
+def message_progress(
+    state: ConversationState, record: MessageScoring, token_index: int, cleared_through_seq: int, model: str,
+    now_ms: int,
+) -> Verdict:
+    level = record.debouncer.first_unsafe or record.debouncer.first_controversial
+    return progress_verdict(
+        conversation_id=state.conversation_id, message_index=record.index, role="assistant",
+        token_index=token_index, cleared_through_seq=cleared_through_seq, model=model, ts_ms=now_ms,
+        risk=level.risk if level else "safe", tenant=state.tenant, delta_ts_ms=record.last_ts_ms,
+    )
+
+
+def message_final(
+    state: ConversationState, record: MessageScoring, policy: TenantPolicy, model: str, now_ms: int,
+    include_token_labels: bool,
+) -> Verdict:
+    if record.role == "user":
+        decision = Decision(record.prompt or "safe", record.prompt_category, 0 if record.done else None,
+                            dict(record.prompt_scores), [record.prompt] if record.prompt else [])
+    else:
+        labels = [_RISK_NAMES[code] for code in record.labels]
+        decision = record.debouncer.decision(labels)
+    span = None
+    if decision.token_index is not None:
+        span = record.event_spans.get(decision.token_index, record.last_span)
+    return final_verdict(
+        conversation_id=state.conversation_id, message_index=record.index, role=_role(record.role),
+        decision=decision, policy=policy, model=model, ts_ms=now_ms,
+        tenant=state.tenant, seq=seq_at(record, span[0]) if span else None,
+        char_offset=span[0] if span else None, cleared_through_seq=record.final_seq,
+        delta_ts_ms=record.last_ts_ms, include_token_labels=include_token_labels,
+    )
+
+
+def seq_at(record: MessageScoring, char_offset: int) -> int:
+    """The seq of the delta holding message character ``char_offset``."""
+    starts = unpack(record.delta_starts)
+    return max(0, bisect_right(starts, char_offset) - 1)
+
+
+def cleared_through(record: MessageScoring, covered_end: int) -> int:
+    """The last seq whose characters all lie before ``covered_end`` (-1: none)."""
+    starts = unpack(record.delta_starts)
+    last = bisect_left(starts, covered_end) - 1   # deltas that begin inside the covered text
+    if last < 0:
+        return -1
+    end = starts[last + 1] if last + 1 < len(starts) else record.text_len
+    return last if end <= covered_end else last - 1
+
+
+def _role(role: str) -> Role:
+    if role not in ("system", "user", "assistant"):
+        raise ValueError(f"unknown role {role!r}")
+    return role  # type: ignore[return-value]

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer
 from pipeline.chunking import Chunker
 from pipeline.decision import ThresholdRule
 from pipeline.eval.dataset import read_samples
-from pipeline.eval.runs import ReplayRunner
+from pipeline.eval.runs import SimulatedStreamRunner
 from pipeline.eval.sweep import rule_outcome
 from pipeline.labels import LabelMaps
 from pipeline.policy import PolicyBook, TenantPolicy
@@ -93,7 +93,7 @@ def test_the_stream_scorer_applies_the_tenant_rule(qwen_tokenizer: Tokenizer) ->
     changed = 0
     for chunk in (1, 5):
         scorer = Scorer(text, labels, PolicyBook(default=TenantPolicy(rule=rule)), "hash", progress_every_tokens=0)
-        runner = ReplayRunner(scorer, HashEngine(bias=(0.0, 2.2, 2.0)), Chunker("chars", chunk), labels, 8192)
+        runner = SimulatedStreamRunner(scorer, HashEngine(bias=(0.0, 2.2, 2.0)), Chunker("chars", chunk), labels, 8192)
         for sample in samples:
             got = runner.run(sample)
             assert got.argmax is not None and got.scores is not None

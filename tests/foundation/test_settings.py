@@ -25,15 +25,16 @@ def test_flag_beats_environment_which_beats_default() -> None:
 
 
 def test_boolean_settings_read_common_spellings_from_the_environment() -> None:
-    assert load_settings({"GUARD_LOG_TEXT": "yes"}).log_text is True
-    assert load_settings({"GUARD_LOG_TEXT": "0"}).log_text is False
-    assert settings_from_args(_parse(["--log-text"], ["log_text"]), environ={}).log_text is True
+    assert load_settings({"GUARD_REDIS_ALLOW_EVICTION": "yes"}).redis_allow_eviction is True
+    assert load_settings({"GUARD_REDIS_ALLOW_EVICTION": "0"}).redis_allow_eviction is False
+    assert settings_from_args(_parse(["--redis-allow-eviction"], ["redis_allow_eviction"]),
+                              environ={}).redis_allow_eviction is True
 
 
 @pytest.mark.parametrize(("env", "message"), [
     ({"GUARD_PARTITIONS": "eight"}, "GUARD_PARTITIONS='eight' is not a valid int"),
     ({"GUARD_DEVICE": "tpu"}, "must be one of auto, cpu, cuda"),
-    ({"GUARD_LOG_TEXT": "maybe"}, "GUARD_LOG_TEXT"),
+    ({"GUARD_REDIS_ALLOW_EVICTION": "maybe"}, "GUARD_REDIS_ALLOW_EVICTION"),
 ])
 def test_a_bad_environment_value_names_the_variable(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):

@@ -19,12 +19,14 @@ from tests.worker.harness import WorkerProcess, worker_settings
 
 # open: replies are never relabelled risky (thresholds of 1.0), and loose allows controversial.
 # tripwire: every reply token counts as unsafe (threshold 0.0), so a reply is blocked at its
-# second token (two in a row), whatever the random model says.
+# second token (two in a row), whatever the random model says. flagger: every reply token counts as
+# controversial and none as unsafe, and loose allows controversial: every reply is allowed but flagged.
 POLICY = """\
 default: strict
 tenants:
   open: {mode: loose, unsafe_threshold: 1.0, risky_threshold: 1.0}
   tripwire: {mode: loose, unsafe_threshold: 0.0}
+  flagger: {mode: loose, unsafe_threshold: 1.0, risky_threshold: 0.0}
 """
 
 CANDIDATE_PROMPTS = [

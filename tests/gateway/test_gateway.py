@@ -89,6 +89,7 @@ def test_a_safe_reply_arrives_whole_with_stop_and_the_upstreams_usage(guarded_st
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "".join(SAFE_REPLY)
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert all("guardstream" not in (c.model_extra or {}) for c in chunks), "a Safe reply carries no verdict"
     assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 18
     assert upstream.calls[0].finished and upstream.calls[0].authorization == "Bearer sk-test-key"
 
@@ -101,6 +102,24 @@ def test_a_safe_reply_arrives_whole_with_stop_and_the_upstreams_usage(guarded_st
     assert metric(url, "guardstream_gateway_requests_total", outcome="released", stream="false") == 1
     assert metric(url, "guardstream_gateway_first_release_seconds_count") == 2
     assert metric(url, "guardstream_gateway_final_hold_seconds_count") == 2
+
+
+def test_a_reply_allowed_but_not_safe_arrives_whole_with_its_verdict(guarded_stack: GuardedStack,
+                                                                      serve: Any) -> None:
+    upstream = ScriptedUpstream(SAFE_REPLY)
+    url = serve(upstream, guarded_stack.settings, gateway_tenant="flagger")
+    text, last = stream_chat(url, guarded_stack.allowed_prompt)
+    assert text == "".join(SAFE_REPLY)
+    assert last.choices[0].finish_reason == "stop"
+    verdict = last.model_extra["guardstream"]
+    assert (verdict["role"], verdict["kind"], verdict["risk"], verdict["action"]) == \
+        ("assistant", "final", "controversial", "allow")
+    assert "retract" not in verdict
+    whole = client(url).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": guarded_stack.allowed_prompt}])
+    assert whole.choices[0].message.content == "".join(SAFE_REPLY) and whole.choices[0].finish_reason == "stop"
+    assert whole.model_extra["guardstream"]["risk"] == "controversial"
+    assert metric(url, "guardstream_gateway_requests_total", outcome="released", stream="true") == 1
 
 
 def test_a_reply_blocked_midway_stops_the_upstream_and_ends_with_content_filter(
@@ -258,7 +277,9 @@ def test_requests_over_the_in_flight_limit_are_refused_at_once(settings: Any, se
     import threading
 
     upstream = ScriptedUpstream(SAFE_REPLY)
-    url = serve(upstream, settings, gateway_verdict_timeout_ms=3000, gateway_max_requests=1)
+    # The admitted request holds its slot until its verdict wait times out: long enough that the
+    # second request arrives while it is held, even on a loaded machine.
+    url = serve(upstream, settings, gateway_verdict_timeout_ms=20_000, gateway_max_requests=1)
     body = {"model": "m", "messages": [{"role": "user", "content": "Hello"}]}
     first: list[int] = []
     holder = threading.Thread(target=lambda: first.append(

@@ -17,8 +17,8 @@ from pipeline.labels import LabelMaps
 from pipeline.model.checkpoint import load_stream_model
 from pipeline.policy import PolicyBook, TenantPolicy
 from pipeline.reference import ReferenceEngine, ReferenceModerator, judge_conversation, reference_logits
-from pipeline.replay import Replayer, offline_finals
 from pipeline.scoring.scorer import Scorer
+from pipeline.simulate import Simulator, offline_finals
 from pipeline.tokens.text import TextTokenizer
 
 IM_END = 151645
@@ -40,10 +40,10 @@ def moderator(model: Any, text: TextTokenizer, max_context_tokens: int = 8192) -
                               include_token_labels=True, max_context_tokens=max_context_tokens)
 
 
-def replayer(model: Any, text: TextTokenizer, max_context_tokens: int = 8192) -> Replayer:
+def simulator(model: Any, text: TextTokenizer, max_context_tokens: int = 8192) -> Simulator:
     scorer = Scorer(text, LabelMaps(), PolicyBook(default=TenantPolicy("strict")), "tiny",
                     include_token_labels=True, max_context_tokens=max_context_tokens)
-    return Replayer(scorer, ReferenceEngine(model, "tiny"))
+    return Simulator(scorer, ReferenceEngine(model, "tiny"))
 
 
 def test_every_user_and_assistant_message_is_judged_once(tiny_model: Any, text_tokenizer: TextTokenizer,
@@ -90,7 +90,7 @@ def test_random_model_gives_more_than_one_verdict_kind(tiny_model: Any, text_tok
 def test_streamed_final_verdicts_equal_the_reference(tiny_model: Any, text_tokenizer: TextTokenizer,
                                                      sample_conversations: list[Any], chunk_chars: int) -> None:
     reference = moderator(tiny_model, text_tokenizer)
-    streamed = replayer(tiny_model, text_tokenizer)
+    streamed = simulator(tiny_model, text_tokenizer)
     for conversation in sample_conversations:
         expected = reference.moderate(conversation, now_ms=5)
         got = streamed.final_verdicts(conversation, chunk_chars=chunk_chars, now_ms=5)
@@ -112,6 +112,6 @@ def test_context_limit_cuts_the_same_way_streamed_and_offline(tiny_model: Any, t
                                                               max_context_tokens: int) -> None:
     conversation = parse_conversation(LONG, "long")
     expected = moderator(tiny_model, text_tokenizer, max_context_tokens).moderate(conversation)
-    result = replayer(tiny_model, text_tokenizer, max_context_tokens).replay(conversation, chunk_chars=4)
+    result = simulator(tiny_model, text_tokenizer, max_context_tokens).simulate(conversation, chunk_chars=4)
     assert offline_finals(result.verdicts) == expected
     assert result.rejections   # the limit really cut the conversation (the streamed side reports each cut)

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.conversations import Message
+import msgspec
+
+from pipeline.chunking import Chunker
+from pipeline.conversations import Conversation, Message
 from pipeline.decision import decide_prompt, decide_response
+from pipeline.deltas import conversation_deltas as frontend_deltas
 from pipeline.labels import LabelMaps
 from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef
 from pipeline.tokens.chat import render_context
@@ -17,34 +22,15 @@ from schemas.messages import TokenDelta, Verdict, encode
 from tests.scoring.hash_engine import HashEngine
 
 
-def split_text(text: str, size: int | None, rng: random.Random | None) -> list[str]:
-    """``size`` characters per chunk (None: whole), or random 1..6 characters when ``rng`` is given."""
-    if not text:
-        return []
-    if size is None and rng is None:
-        return [text]
-    parts, i = [], 0
-    while i < len(text):
-        step = rng.randint(1, 6) if rng is not None else int(size or 1)
-        parts.append(text[i:i + step])
-        i += step
-    return parts
-
-
 def conversation_deltas(
     conversation_id: str, messages: Sequence[Message], size: int | None = None, rng: random.Random | None = None,
     tenant: str | None = None,
 ) -> list[TokenDelta]:
-    deltas: list[TokenDelta] = []
-    for index, message in enumerate(messages):
-        pieces = [(True, p) for p in split_text(message.reasoning or "", size, rng)]
-        pieces += [(False, p) for p in split_text(message.content, size, rng)] or [(False, "")]
-        for seq, (reasoning, text) in enumerate(pieces):
-            deltas.append(TokenDelta(
-                conversation_id=conversation_id, message_index=index, role=message.role, seq=seq, text=text,
-                final=seq == len(pieces) - 1, reasoning=reasoning, tenant=tenant, ts_ms=1000 + len(deltas),
-            ))
-    return deltas
+    """A frontend's deltas (:func:`pipeline.deltas.conversation_deltas`, no ``end``), stamped with increasing
+    log times: ``size`` characters per chunk (None: whole texts), or random 1..6 when ``rng`` is given."""
+    chunker = Chunker("chars", 6, rng=rng) if rng is not None else Chunker("chars", size or sys.maxsize)
+    deltas = frontend_deltas(Conversation(conversation_id, tenant, tuple(messages)), chunker, end=False)
+    return [msgspec.structs.replace(d, ts_ms=1000 + i) for i, d in enumerate(deltas)]
 
 
 @dataclass
@@ -70,7 +56,9 @@ def drive(
     def settle() -> None:
         while (request := scorer.pending(run.state)) is not None:
             run.rounds += 1
-            run.verdicts.extend(scorer.absorb(run.state, engine.run([request])[0], now_ms))
+            absorbed = scorer.absorb(run.state, engine.run([request])[0], now_ms)
+            run.verdicts.extend(absorbed.verdicts)
+            run.rejections += absorbed.rejections
             if roundtrip is not None:
                 run.state = roundtrip.decode_state(scorer.encode_state(run.state))
 
@@ -90,7 +78,7 @@ def content(verdict: Verdict, *, drop: Sequence[str] = ()) -> dict[str, Any]:
     return {k: getattr(verdict, k) for k in verdict.__struct_fields__ if k not in skip}
 
 
-def offline_finals(
+def reference_decisions(
     text: TextTokenizer, engine: HashEngine, messages: Sequence[Message], labels: LabelMaps,
 ) -> dict[int, tuple[Any, ...]]:
     """The decision per message from one full-sequence pass over ``render_context`` (the reference)."""

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.engine.types import FeedRequest, HeadOutputs
+from pipeline.engine.types import NO_CACHE, FeedRequest, HeadOutputs
 
 _MASK = (1 << 61) - 1
 
@@ -36,6 +36,8 @@ def _rows(hashes: Sequence[int], width: int, salt: int) -> np.ndarray:
 
 class HashEngine:
     """Implements ``StreamEngine``; records the requests it saw."""
+
+    cache = NO_CACHE
 
     def __init__(self, bias: Sequence[float] = (0.0, 0.0, 0.0), model_name: str = "hash-engine") -> None:
         self.model_name = model_name

@@ -20,7 +20,7 @@ from pipeline.tokens.chat import render_context
 from pipeline.tokens.text import TextTokenizer
 from schemas.messages import TokenDelta, encode
 from tests.fixtures.models import SAMPLE_CONVERSATIONS
-from tests.scoring.drive import content, conversation_deltas, drive, offline_finals
+from tests.scoring.drive import content, conversation_deltas, drive, reference_decisions
 from tests.scoring.hash_engine import HashEngine
 from tests.tokens.test_incremental import FRAGMENTS
 
@@ -53,7 +53,7 @@ def test_final_verdicts_equal_the_offline_full_sequence_computation(
     run = drive(make_scorer(), engine, chunked(conversation_id, messages, size, seed, tenant))
     assert run.rejections == []
     finals = {v.message_index: (v.risk, v.category, v.token_index, v.scores) for v in run.verdicts if v.kind == "final"}
-    assert finals == offline_finals(text_tokenizer, engine, messages, LabelMaps())
+    assert finals == reference_decisions(text_tokenizer, engine, messages, LabelMaps())
 
 
 @pytest.mark.parametrize(("conversation_id", "messages", "tenant"), CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
@@ -216,7 +216,9 @@ def _apply_all(scorer: Scorer, engine: HashEngine, deltas: list[TokenDelta]) -> 
         raw = d.text.encode("utf-8", "surrogatepass")   # what the broker held is not the point here
         reasons += [r.reason for r in scorer.apply(state, d, raw, SourceRef("t", 0, i), 0)]
         while (request := scorer.pending(state)) is not None:
-            verdicts += scorer.absorb(state, engine.run([request])[0], 0)
+            absorbed = scorer.absorb(state, engine.run([request])[0], 0)
+            verdicts += absorbed.verdicts
+            reasons += [r.reason for r in absorbed.rejections]
     return reasons, verdicts
 
 
@@ -330,7 +332,7 @@ def test_encoded_state_is_a_few_bytes_per_token(
                 Message("user", "Go on, and make it longer still. " * 10)]
     scorer = make_scorer()
     run = drive(scorer, engine, chunked("big", messages, 16, None))
-    tokens = len(run.state.token_ids) // 4
+    tokens = run.state.stream_length
     size = len(scorer.encode_state(run.state))
     print(f"\nencoded state: {size} bytes for {tokens} tokens = {size / tokens:.2f} bytes/token")
     assert tokens > 1000
@@ -369,7 +371,7 @@ def test_random_conversations_in_random_chunks_match_the_offline_computation(
         verdicts += run.verdicts
         assert list(unpack(state.token_ids)) == render_context(text_tokenizer, messages, index).token_ids
     finals = {v.message_index: (v.risk, v.category, v.token_index, v.scores) for v in verdicts if v.kind == "final"}
-    assert finals == offline_finals(text_tokenizer, engine, messages, LabelMaps())
+    assert finals == reference_decisions(text_tokenizer, engine, messages, LabelMaps())
 
 
 def test_text_with_unpaired_surrogates_is_rejected_without_stopping_the_message(

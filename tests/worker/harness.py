@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import signal
@@ -13,10 +12,8 @@ import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
-
-from pipeline.config import Settings, env_var
-from pipeline.kafka.clients import consumer_config
+from pipeline.config import Settings, settings_environment
+from pipeline.kafka.lag import committed_lag
 from schemas.messages import DlqRecord, Verdict
 from tests.fixtures.stack import consume_all, consume_verdicts
 
@@ -34,10 +31,7 @@ def worker_settings(settings: Settings, model: str | Path, **changes: object) ->
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[env_var(f.name)] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    env = {**os.environ, **settings_environment(settings)}
     env["PYTHONPATH"] = str(REPO)
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
@@ -112,26 +106,7 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, worker: W
 
 def input_lag(settings: Settings) -> int:
     """Input records not yet committed by the stream group (0: everything judged)."""
-    consumer = Consumer(consumer_config(settings, settings.stream_group))
-    try:
-        meta = consumer.list_topics(settings.topic_in, timeout=10)
-        tps = [TopicPartition(settings.topic_in, p) for p in sorted(meta.topics[settings.topic_in].partitions)]
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                # Blocks while a killed worker's transaction is still open (KIP-447 stable offsets).
-                committed = consumer.committed(tps, timeout=15)
-                break
-            except KafkaException:
-                if time.monotonic() > deadline:
-                    raise
-        lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
+    return committed_lag(settings, wait_s=60)
 
 
 def wait_caught_up(settings: Settings, timeout_s: float = 240.0, workers: Iterable[WorkerProcess] = ()) -> None:

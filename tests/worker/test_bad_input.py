@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import time
 import urllib.request
 from pathlib import Path
@@ -15,6 +14,7 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.conversations import Conversation, Message
+from pipeline.ops.ports import free_port
 from pipeline.state.keys import conversation_key
 from schemas.messages import TokenDelta, encode
 from tests.fixtures.stack import consume_all, produce, produce_deltas
@@ -36,12 +36,6 @@ def _key_of(value: bytes | None, default: str) -> str:
     except (ValueError, KeyError, TypeError):
         return default
     return cid if isinstance(cid, str) and cid.startswith(default) else default
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def metrics_text(worker: Any) -> str:

@@ -6,8 +6,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -15,27 +13,12 @@ import pytest
 
 from pipeline.config import Settings
 from pipeline.kafka import delete_topics, ensure_topics
+from pipeline.ops.ports import free_port, readyz_status
 from schemas.messages import TokenDelta
 from tests.fixtures.stack import produce_deltas
 from tests.worker.harness import REPO, WorkerProcess, settings_env, wait_until, worker_settings
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _ready(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
-            return int(reply.status)
-    except urllib.error.HTTPError as exc:
-        return int(exc.code)
-    except OSError:
-        return 0
 
 
 def test_metrics_port_in_use_is_one_line_naming_the_flag(settings: Settings, tiny_onnx_dir: Path) -> None:
@@ -57,16 +40,16 @@ def test_missing_topics_say_run_topics_and_the_worker_stays_unready_until_they_e
 ) -> None:
     prefix = f"late{uuid.uuid4().hex[:8]}"
     late = settings.replace(topic_in=f"{prefix}.in", topic_verdicts=f"{prefix}.verdicts", topic_dlq=f"{prefix}.dlq")
-    port = _free_port()
+    port = free_port()
     worker = WorkerProcess(worker_settings(late, tiny_onnx_dir, metrics_port=port), tmp_path).start()
     try:
         wait_until(lambda: any("guardstream topics" in str(line.get("msg")) for line in worker.log_lines()),
                    120, "the missing-topics line", worker)
         time.sleep(3)
-        assert _ready(port) == 503
+        assert readyz_status(port) == 503
         assert sum("guardstream topics" in str(line.get("msg")) for line in worker.log_lines()) == 1
         ensure_topics(late)
-        wait_until(lambda: _ready(port) == 200, 60, "readiness once the topics exist", worker)
+        wait_until(lambda: readyz_status(port) == 200, 60, "readiness once the topics exist", worker)
     finally:
         worker.stop()
         delete_topics(late, [late.topic_in, late.topic_verdicts, late.topic_dlq])

@@ -15,6 +15,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.bench.results import figure, save_figure
+
 DEFAULT_OUT = Path("bench-results/engine")
 
 
@@ -146,14 +148,9 @@ def _run_processes(args: argparse.Namespace, settings: Any, export_dir: Path, sa
 
 
 def _plot_processes(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     points = report["results"]
     counts = [p["processes"] for p in points]
-    fig, axis = plt.subplots(figsize=(6, 4))
+    fig, axis = figure(1, (6, 4))
     axis.plot(counts, [p["tokens_per_s"] for p in points], "o-", label="all processes")
     axis.plot(counts, [p["tokens_per_s_per_process"] for p in points], "s--", label="per process")
     axis.set(xlabel="engine processes on the machine", ylabel="tokens/s",
@@ -161,9 +158,7 @@ def _plot_processes(report: dict[str, Any], path: Path) -> None:
     axis.set_xticks(counts, [str(c) for c in counts])
     axis.legend()
     fig.suptitle(f"{report['model']} - {report['machine']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def _sizes(text: str, flag: str) -> tuple[int, ...]:
@@ -321,14 +316,10 @@ def _maybe(value: float | None, fmt: str) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import matplotlib.ticker
 
     results = report["results"]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = figure(2, (11, 4.2))
     xs = [p["context"] for p in results["contexts"]]
     left.plot(xs, [p["one_token_ms"] for p in results["contexts"]], "o-", label="cached, 1 token")
     left.plot(xs, [p["chunk16_ms_per_token"] for p in results["contexts"]], "s-", label="cached, 16-token chunk")
@@ -349,6 +340,4 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     right.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     right.legend()
     fig.suptitle(f"{report['model']['name']} {report['model']['precision']} - {report['machine']}", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

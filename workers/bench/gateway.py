@@ -14,17 +14,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import socket
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.results import cpu_count, figure, parse_levels, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
              "progress_every_tokens", "device")
@@ -61,13 +60,11 @@ class LevelResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stack.probes import kafka_answers, redis_answers
-    from workers.bench.e2e import _cpu_count, _engine, _levels
+    from workers.bench.e2e import _engine
 
     settings = settings_from_args(args)
-    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
-        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
-    levels = _levels(args.levels, (1, 5) if args.quick else (1, 10, 100))
+    require_stack(settings)
+    levels = parse_levels(args.levels, (1, 5) if args.quick else (1, 10, 100))
     tokens = args.tokens or (24 if args.quick else 64)
     if tokens < 1 or args.token_delay_ms < 0:
         raise UserError("--tokens must be at least 1 and --token-delay-ms at least 0")
@@ -81,17 +78,15 @@ def run(args: argparse.Namespace) -> int:
     results = measure(settings.replace(model=model_path, policy_file=str(policy)), engine, levels, reply,
                       args.token_delay_ms / 1000)
     payload = {"model": model_label, "reply_tokens": tokens, "token_delay_ms": args.token_delay_ms,
-               "cpu_count": _cpu_count(), "results": [asdict(r) for r in results]}
-    (out / "gateway.json").write_text(json.dumps(payload, indent=2))
-    _plot(results, out / "gateway.png")
-    print(markdown_table(results))
-    print(f"wrote {out / 'gateway.json'} and {out / 'gateway.png'}")
+               "cpu_count": cpu_count(), "results": [asdict(r) for r in results]}
+    write_results(out, "gateway", payload, lambda path: _plot(results, path), markdown_table(results))
     return 0
 
 
 def measure(settings: Settings, engine: Any, levels: tuple[int, ...], reply: list[str],
             delay_s: float) -> list[LevelResult]:
     from pipeline.gateway.app import create_app
+    from pipeline.gateway.scripted import ScriptedUpstream, ServerThread
     from pipeline.kafka.topics import delete_topics, ensure_topics
     from workers.stream.app import build_worker
     from workers.stream.metrics import StreamMetrics
@@ -104,8 +99,8 @@ def measure(settings: Settings, engine: Any, levels: tuple[int, ...], reply: lis
     worker = build_worker(s, StreamMetrics(), engine=engine)
     stop = threading.Event()
     worker_thread = threading.Thread(target=worker.run, args=(stop,), name="bench-worker", daemon=True)
-    upstream = _Served(_upstream_app(reply, delay_s))
-    gateway: _Served | None = None
+    upstream = ServerThread(ScriptedUpstream(reply, delay_s).app())
+    gateway: ServerThread | None = None
     results: list[LevelResult] = []
     try:
         worker_thread.start()
@@ -113,7 +108,7 @@ def measure(settings: Settings, engine: Any, levels: tuple[int, ...], reply: lis
         while len(worker.owned_partitions) < s.partitions and time.monotonic() < deadline:
             time.sleep(0.1)
         upstream.start()
-        gateway = _Served(create_app(s.replace(upstream=f"{upstream.url}/v1"))).start()
+        gateway = ServerThread(create_app(s.replace(upstream=f"{upstream.url}/v1"))).start()
         for n in levels:
             for path, url in (("direct", upstream.url), ("gateway", gateway.url)):
                 print(f"[{path}] {n} concurrent streams ...", flush=True)
@@ -182,67 +177,6 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
 
 
-# --- the scripted upstream and servers -------------------------------------------------------------
-def _upstream_app(reply: list[str], delay_s: float) -> Any:
-    from sse_starlette.sse import EventSourceResponse
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, str]:
-        return {"data": json.dumps({"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": 0,
-                                    "model": "scripted", "choices": [{"index": 0, "delta": delta,
-                                                                      "finish_reason": finish}]})}
-
-    async def events() -> AsyncIterator[dict[str, str]]:
-        yield chunk({"role": "assistant", "content": ""}, None)
-        for text in reply:
-            await asyncio.sleep(delay_s)
-            yield chunk({"content": text}, None)
-        yield chunk({}, "stop")
-        yield {"data": "[DONE]"}
-
-    async def completions(request: Request) -> EventSourceResponse:
-        await request.body()
-        return EventSourceResponse(events())
-
-    async def models(request: Request) -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": "scripted", "object": "model"}]})
-
-    return Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"]),
-                             Route("/v1/models", models)])
-
-
-class _Served:
-    def __init__(self, app: Any) -> None:
-        import uvicorn
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
-                                                    access_log=False, lifespan="on"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> _Served:
-        self.thread.start()
-        deadline = time.monotonic() + 60
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("a bench server did not start")
-            time.sleep(0.05)
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(15)
-
-
 # --- reporting -------------------------------------------------------------------------------------
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:,.1f}"
@@ -264,12 +198,7 @@ def markdown_table(results: list[LevelResult]) -> str:
 
 
 def _plot(results: list[LevelResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_ttft, ax_itl) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_ttft, ax_itl) = figure(2, (11, 4))
     for name, style in (("direct", "--s"), ("gateway", "-o")):
         rs = [r for r in results if r.path == name and r.ttft_p50_ms is not None]
         if not rs:
@@ -286,6 +215,4 @@ def _plot(results: list[LevelResult], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

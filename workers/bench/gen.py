@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.bench.results import figure, save_figure
+
 DEFAULT_OUT = Path("bench-results/gen")
 
 
@@ -208,14 +210,9 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = [r for r in report["rows"] if r["method"].startswith("constrained")]
     baseline = report["rows"][0]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = figure(2, (10, 4))
     left.plot([r["batch"] for r in rows], [r["rulings_per_s"] for r in rows], marker="o", label="constrained, batched")
     left.axhline(baseline["rulings_per_s"], color="grey", linestyle="--", label="generate, one at a time")
     left.set_xscale("log", base=2)
@@ -230,6 +227,4 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     right.set_ylabel("latency per ruling (ms)")
     right.legend()
     fig.suptitle(f"Gen rulings: {report['model']['name']} on {report['model']['device']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

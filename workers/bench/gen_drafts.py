@@ -25,6 +25,7 @@ from typing import Any
 import msgspec
 
 from schemas.messages import TokenDelta
+from workers.bench.results import figure, save_figure
 from workers.generative.assembly import ConversationDraft, DraftLimits, apply_chunk, chunk_op, encode_op
 from workers.generative.drafts import CHANGELOG_RECORD_LIMIT, record_key
 
@@ -166,12 +167,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = figure(2, (10, 4))
     for method in dict.fromkeys(r["method"] for r in report["rows"]):
         rows = [r for r in report["rows"] if r["method"] == method]
         left.plot([r["deltas"] for r in rows], [r["us_per_delta"] for r in rows], marker="o", label=method)
@@ -184,20 +180,10 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         axis.set_ylabel(label)
         axis.legend()
     fig.suptitle("Generative worker: draft work per delta (3-character deltas)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 # --- live: one generative worker process on the local stack --------------------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _read_topic(settings: Any, topic: str, timeout_s: float = 120.0) -> list[tuple[bytes, bytes | None]]:
     """Every record of ``topic`` from the beginning (key, value)."""
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
@@ -265,10 +251,10 @@ def run_live(run: LiveRun, log_path: Path) -> dict[str, Any]:
     """Seconds from the first of ``count`` deltas to the message's ruling, and the changelog it left."""
     import subprocess
     import sys
-    import urllib.request
     import uuid
 
     from pipeline.kafka import delete_topics, ensure_topics, make_consumer, make_producer
+    from pipeline.ops.ports import free_port, readyz_status
     from schemas.messages import encode
 
     settings, model_dir, count, worker_pythonpath, say = (run.settings, run.model_dir, run.count,
@@ -279,7 +265,7 @@ def run_live(run: LiveRun, log_path: Path) -> dict[str, Any]:
                             partitions=1, model=str(Path(model_dir).resolve()))
     changelog = f"{live.generative_group}-conversations-changelog"
     ensure_topics(live)
-    port = _free_port()
+    port = free_port()
     flags = {"--kafka-bootstrap": live.kafka_bootstrap, "--topic-in": live.topic_in,
              "--topic-verdicts": live.topic_verdicts, "--topic-dlq": live.topic_dlq,
              "--generative-group": live.generative_group, "--model": live.model, "--max-context-tokens": "1024",
@@ -295,12 +281,8 @@ def run_live(run: LiveRun, log_path: Path) -> dict[str, Any]:
         while True:
             if worker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the generative worker did not get ready (exit code {worker.returncode})")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
+            if readyz_status(port) == 200:
+                break
             time.sleep(1)
         verdicts.subscribe([live.topic_verdicts])
         deltas = _deltas(count)

@@ -13,7 +13,6 @@ compared with (same run).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
@@ -25,8 +24,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_environment, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.results import cpu_count, figure, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
              "max_text_bytes")
@@ -62,12 +63,10 @@ class Sample:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stack.probes import kafka_answers, redis_answers
     from workers.bench.e2e import _engine
 
     settings = settings_from_args(args)
-    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
-        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
+    require_stack(settings)
     if args.minutes <= 0 or args.rate <= 0 or not 0 <= args.hostile < 1:
         raise UserError("--minutes and --rate must be positive and --hostile in [0, 1)")
     _, model_path, model_label = _engine(args.model, settings)
@@ -76,13 +75,11 @@ def run(args: argparse.Namespace) -> int:
     samples, worker_code = soak(settings.replace(model=model_path), args.minutes * 60, args.rate,
                                 args.concurrency, args.hostile, args.sample_s, out / "soak-worker.log")
     payload = {"model": model_label, "minutes": args.minutes, "rate_records_per_s": args.rate,
-               "concurrency": args.concurrency, "hostile_fraction": args.hostile, "cpu_count": os.cpu_count(),
+               "concurrency": args.concurrency, "hostile_fraction": args.hostile, "cpu_count": cpu_count(),
                "worker_exit_code": worker_code, "summary": summarise(samples),
                "samples": [asdict(s) for s in samples]}
-    (out / "soak.json").write_text(json.dumps(payload, indent=2))
-    _plot(samples, out / "soak.png")
-    print(markdown_table(samples))
-    print(f"wrote {out / 'soak.json'} and {out / 'soak.png'} (worker log {out / 'soak-worker.log'})")
+    write_results(out, "soak", payload, lambda path: _plot(samples, path), markdown_table(samples),
+                  also=(out / "soak-worker.log",))
     if worker_code is not None:
         raise UserError(f"the stream worker died during the soak (exit code {worker_code}); see "
                         f"{out / 'soak-worker.log'}")
@@ -199,7 +196,7 @@ class _Load:
             for seq, text in enumerate(tokens):
                 yield cid, encode(TokenDelta(conversation_id=cid, message_index=index, role=role,  # type: ignore[arg-type]
                                              seq=seq, text=text, final=seq == len(tokens) - 1,
-                                             ts_ms=int(time.time() * 1000)))
+                                             ts_ms=now_ms()))
         yield cid, encode(TokenDelta(conversation_id=cid, type="end"))
 
     def _hostile(self, rng: random.Random) -> tuple[str, bytes]:
@@ -237,25 +234,15 @@ def _rss_mb(pid: int) -> float:
 
 
 def _lag(settings: Settings) -> int:
-    """Input records after the group's committed offsets (what is still to be judged)."""
-    from confluent_kafka import Consumer, KafkaException, TopicPartition
+    """Input records after the group's committed offsets (what is still to be judged); -1: unknown."""
+    from confluent_kafka import KafkaException
 
-    from pipeline.kafka.clients import consumer_config
+    from pipeline.kafka.lag import committed_lag
 
-    consumer = Consumer(consumer_config(settings, settings.stream_group))
     try:
-        tps = [TopicPartition(settings.topic_in, p) for p in range(settings.partitions)]
-        try:
-            committed = consumer.committed(tps, timeout=10)
-        except KafkaException:
-            return -1
-        lag = 0
-        for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
-            lag += high - (tp.offset if tp.offset >= 0 else low)
-        return lag
-    finally:
-        consumer.close()
+        return committed_lag(settings)
+    except KafkaException:
+        return -1
 
 
 def summarise(samples: list[Sample]) -> dict[str, Any]:
@@ -299,12 +286,7 @@ def markdown_table(samples: list[Sample]) -> str:
 
 
 def _plot(samples: list[Sample], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = figure(3, (13, 3.6))
     ts = [s.t_s / 60 for s in samples]
     series = (([s.worker_rss_mb for s in samples], "worker RSS", "MB"),
               ([s.redis_used_mb for s in samples], "Redis used_memory", "MB"),
@@ -316,6 +298,4 @@ def _plot(samples: list[Sample], path: Path) -> None:
         ax.set_ylabel(unit)
         ax.set_ylim(bottom=0)
         ax.grid(True, alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

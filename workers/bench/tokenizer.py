@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from workers.bench.results import figure, save_figure
+
 DEFAULT_OUT = Path("bench-results/tokenizer")
 # Deltas of 1 and 64 characters, and of one Qwen3 token each (cut where the whole text's tokens start,
 # as a model streams its reply).
@@ -175,11 +177,6 @@ def _label(step: int | str) -> str:
 
 
 def _plot(report: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     inputs = list(dict.fromkeys(r["input"] for r in report["rows"]))
     series: dict[str, list[float]] = {"whole-text encode": []}
     for step in DELTA_SIZES:
@@ -189,7 +186,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
         series["whole-text encode"].append(rows[DELTA_SIZES[0]]["whole_us_per_char"])
         for step in DELTA_SIZES:
             series[_label(step)].append(rows[step]["us_per_char"])
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = figure(1, (11, 4.5))
     width = 0.8 / len(series)
     for offset, (label, values) in enumerate(series.items()):
         ax.bar([i + offset * width for i in range(len(inputs))], values, width, label=label)
@@ -198,6 +195,4 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("CPU µs per character")
     ax.set_title(f"Incremental tokenizer, {report['chars_per_input']} characters per input")
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=len(series), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)

@@ -497,7 +497,7 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     processing.accept = clock.wrap("decode", processing.accept)
     clock.hook(processor, "batch bookkeeping", ("process",))
     clock.hook(worker.store, "redis", ("load", "load_with_watermarks", "watermarks", "write", "held_index"))
-    clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb"))
+    clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb", "absorb_batch"))
     clock.hook(scorer, "state codec", ("new_state", "decode_state", "encode_state", "tombstone"))
     clock.hook(scorer.renderer, "render", ("must_wait", "begin", "add_text", "close"))
     clock.hook(scorer.text, "tokenize", ("encode_template", "encode_text", "encode_text_spans", "pre_tokenize",

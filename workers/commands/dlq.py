@@ -8,14 +8,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.config import add_settings_arguments, settings_from_args, settings_in_group
 from pipeline.errors import UserError
 
-KAFKA_SETTINGS = [
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra",
-]
+KAFKA_SETTINGS = settings_in_group("kafka")
 REASON_WIDTH = 90
 
 EPILOG = """\

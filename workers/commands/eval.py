@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
         runner = OfflineRunner(model, text, labels, rule, settings.max_context_tokens)
         engine_desc = "torch reference (full forward)"
     else:
-        from pipeline.eval.runs import ReplayRunner
+        from pipeline.eval.runs import SimulatedStreamRunner
         from pipeline.scoring.scorer import Scorer
 
         if args.engine == "torch":
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
         policies = PolicyBook(default=TenantPolicy(mode=args.policy, rule=rule))
         scorer = Scorer(text, labels, policies, model_name, progress_every_tokens=0,
                         max_context_tokens=settings.max_context_tokens)
-        runner = ReplayRunner(scorer, engine, chunker, labels, settings.max_context_tokens)
+        runner = SimulatedStreamRunner(scorer, engine, chunker, labels, settings.max_context_tokens)
         engine_desc = f"{args.engine} stream scorer, deltas of {unit}"
 
     runs = []

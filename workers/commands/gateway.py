@@ -5,15 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.config import Settings, add_settings_arguments, settings_from_args, settings_in_group
 
 _SETTINGS = ("upstream", "listen", "gateway_mode", "gateway_tenant", "gateway_tenant_header", "gateway_api_keys",
              "gateway_upstream_api_key", "gateway_fail_open_tenants", "gateway_max_requests", "policy_file",
              "default_policy", "gateway_verdict_timeout_ms",
-             "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", "kafka_bootstrap", "kafka_security_protocol",
-             "kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password", "kafka_ssl_ca_location",
-             "kafka_ssl_certificate_location", "kafka_ssl_key_location", "kafka_extra", "topic_in",
-             "topic_verdicts", "log_level")
+             "gateway_upstream_timeout_ms", "gateway_max_reply_bytes", *settings_in_group("kafka"), "topic_in",
+             "topic_verdicts", "log_level", "gateway_ui", "dashboard_show_text", "dashboard_start",
+             "dashboard_max_conversations", "dashboard_max_messages", "dashboard_max_message_chars")
 
 
 def register(sub: Any) -> None:
@@ -31,12 +30,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def parse_listen(listen: str) -> tuple[str, int]:
+def parse_listen(listen: str, flag: str = "--listen") -> tuple[str, int]:
     from pipeline.errors import UserError
 
     host, sep, port = listen.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"--listen {listen!r} is not HOST:PORT; write e.g. --listen 127.0.0.1:8080")
+        raise UserError(f"{flag} {listen!r} is not HOST:PORT; write e.g. {flag} 127.0.0.1:8080")
     return host.strip("[]"), int(port)
 
 

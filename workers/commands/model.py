@@ -28,6 +28,10 @@ def register(sub: Any) -> None:
                       help="tiny (test size, real vocabulary) or a released size (default tiny)")
     init.add_argument("--seed", type=int, default=0, help="Random seed; the same seed gives the same weights")
     init.add_argument("--out", required=True, type=Path, help="Directory to write (created if missing)")
+    init.add_argument("--safe-prior", type=float, default=0.0, metavar="LOGITS",
+                      help="Stream only: bias both risk heads toward Safe by about LOGITS (e.g. 4), so that most "
+                      "text is judged Safe and a little is not, as a deployed model would judge it; the verdicts "
+                      "stay random (default 0: no prior, each risk level equally likely)")
     init.set_defaults(func=run)
 
 
@@ -38,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.errors import UserError
 
     out: Path = args.out
+    if args.safe_prior and args.arch != "stream":
+        raise UserError("--safe-prior applies to --arch stream only; drop it for --arch gen")
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; pass a directory")
     if out.is_dir() and any(out.iterdir()) and not (out / "config.json").is_file():
@@ -53,10 +59,11 @@ def run(args: argparse.Namespace) -> int:
         if args.arch == "stream":
             from pipeline.model.checkpoint import init_random_stream
 
-            init_random_stream(out, args.size, args.seed, progress=progress)
+            init_random_stream(out, args.size, args.seed, safe_prior=args.safe_prior, progress=progress)
         else:
             from pipeline.gen.checkpoint import init_random_gen
 
             init_random_gen(out, args.size, args.seed)
-    console.print(f"wrote a random {args.arch} {args.size} checkpoint (seed {args.seed}) to {out}")
+    prior = f", Safe prior {args.safe_prior:g}" if args.safe_prior else ""
+    console.print(f"wrote a random {args.arch} {args.size} checkpoint (seed {args.seed}{prior}) to {out}")
     return 0

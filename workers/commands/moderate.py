@@ -1,8 +1,8 @@
 """`guardstream moderate`: final verdicts for complete conversations, offline.
 
 ``--engine torch`` (default) is the reference: one full-sequence forward per message
-(:mod:`pipeline.reference`). ``--engine onnx`` replays each message as ``--chunk-chars``-character
-TokenDeltas through the streaming Scorer and the incremental ONNX engine (:mod:`pipeline.replay`).
+(:mod:`pipeline.reference`). ``--engine onnx`` feeds each message as ``--chunk-chars``-character
+TokenDeltas through the streaming Scorer and the incremental ONNX engine (:mod:`pipeline.simulate`).
 Both write one ``kind: final`` Verdict per user/assistant message, in conversation order.
 
 Every verdict is stamped with the fixed ``--clock-ms`` (default 0) instead of the wall clock, so two
@@ -94,15 +94,15 @@ def run(args: argparse.Namespace) -> int:
                 bar.advance(task)
         else:
             from pipeline.onnx.loader import open_stream_engine
-            from pipeline.replay import Replayer, offline_finals
+            from pipeline.simulate import Simulator, offline_finals
 
             engine = open_stream_engine(str(folder), settings)
-            replayer = Replayer.from_dir(
+            simulator = Simulator.from_dir(
                 folder, engine, policies, model_name, include_token_labels=args.tokens,
                 max_context_tokens=settings.max_context_tokens,
             )
             for conversation in conversations:
-                result = replayer.replay(conversation, chunk_chars=args.chunk_chars, now_ms=args.clock_ms)
+                result = simulator.simulate(conversation, chunk_chars=args.chunk_chars, now_ms=args.clock_ms)
                 verdicts += offline_finals(result.verdicts)
                 for rejection in result.rejections:
                     console.print(f"warning: conversation {conversation.conversation_id}: {rejection.reason}")

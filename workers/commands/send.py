@@ -9,15 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.chunking import CHUNK_MODES
-from pipeline.config import Settings, add_settings_arguments, settings_from_args
+from pipeline.clock import now_ms
+from pipeline.config import Settings, add_settings_arguments, settings_from_args, settings_in_group
 from pipeline.deltas import INTERLEAVE_MODES
 from pipeline.errors import UserError
 
-KAFKA_SETTINGS = [
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra",
-]
+KAFKA_SETTINGS = settings_in_group("kafka")
 # A broker that goes away mid-send: each delta fails after this long instead of librdkafka's 5 min.
 DELIVERY_TIMEOUT_MS = 30_000
 
@@ -140,7 +137,7 @@ def _publish(
                 wait = started + i / rate - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            value = encode(msgspec.structs.replace(delta, ts_ms=int(time.time() * 1000)))
+            value = encode(msgspec.structs.replace(delta, ts_ms=now_ms()))
             while True:
                 try:
                     producer.produce(settings.topic_in, key=delta.conversation_id, value=value, on_delivery=on_delivery)

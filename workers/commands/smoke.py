@@ -7,14 +7,11 @@ import time
 import uuid
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.clock import now_ms
+from pipeline.config import add_settings_arguments, settings_from_args, settings_in_group
 from pipeline.errors import UserError
 
-KAFKA_SETTINGS = [
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra",
-]
+KAFKA_SETTINGS = settings_in_group("kafka")
 CANARY_MESSAGES = (("user", "Smoke test: what is the capital of France?"),
                    ("assistant", "The capital of France is Paris."))
 
@@ -43,12 +40,11 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka import Consumer, TopicPartition
-
     from pipeline.chunking import Chunker
     from pipeline.conversations import Conversation, Message
     from pipeline.deltas import conversation_deltas
-    from pipeline.kafka.clients import consumer_config, make_producer, require_kafka
+    from pipeline.kafka.clients import make_producer, require_kafka
+    from pipeline.kafka.readers import verdict_reader
     from schemas.messages import decode_verdict, encode
 
     settings = settings_from_args(args)
@@ -59,19 +55,8 @@ def run(args: argparse.Namespace) -> int:
     sources = ("stream", "generative") if args.generative else ("stream",)
     wanted = {(index, source) for index in range(len(CANARY_MESSAGES)) for source in sources}
 
-    consumer = Consumer(consumer_config(settings, f"guardstream-smoke-{uuid.uuid4().hex[:12]}"))
+    consumer = verdict_reader(settings, "smoke", also_require=(settings.topic_in,))
     try:
-        metadata = consumer.list_topics(timeout=10)
-        for topic in (settings.topic_in, settings.topic_verdicts):
-            found = metadata.topics.get(topic)
-            if found is None or found.error is not None or not found.partitions:
-                raise UserError(f"topic {topic} does not exist; create it with 'guardstream topics'")
-        # Start at the current end, pinned before the canary is sent, so none of its verdicts is missed.
-        partitions = sorted(metadata.topics[settings.topic_verdicts].partitions)
-        consumer.assign([TopicPartition(settings.topic_verdicts, p,
-                                        consumer.get_watermark_offsets(
-                                            TopicPartition(settings.topic_verdicts, p), timeout=10)[1])
-                         for p in partitions])
         producer = make_producer(settings)
         started = time.monotonic()
         for delta in conversation_deltas(canary, Chunker("chars", 8)):
@@ -109,4 +94,4 @@ def run(args: argparse.Namespace) -> int:
 def _stamped(delta: Any) -> Any:
     import msgspec
 
-    return msgspec.structs.replace(delta, ts_ms=int(time.time() * 1000))
+    return msgspec.structs.replace(delta, ts_ms=now_ms())

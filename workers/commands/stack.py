@@ -6,13 +6,12 @@ import argparse
 import shutil
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_from_args
+from pipeline.config import add_settings_arguments, settings_from_args, settings_in_group
 
 STACK_SETTINGS = ["state_dir", "kafka_port", "kafka_controller_port", "redis_port"]
 TOPIC_SETTINGS = [
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra", "topic_in", "topic_verdicts", "topic_dlq", "partitions", "replication_factor", "max_text_bytes",
+    *settings_in_group("kafka"), "topic_in", "topic_verdicts", "topic_dlq", "partitions", "replication_factor",
+    "max_text_bytes",
 ]
 
 UP_EPILOG = """\

@@ -5,19 +5,13 @@ from __future__ import annotations
 import argparse
 import logging
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_from_args
-from pipeline.errors import UserError
+from pipeline.config import add_settings_arguments, settings_from_args, settings_in_group
 from schemas.messages import Verdict
 
-KAFKA_SETTINGS = [
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra",
-]
+KAFKA_SETTINGS = settings_in_group("kafka")
 RISK_STYLE = {"safe": "green", "controversial": "yellow", "unsafe": "red"}
 
 EPILOG = """\
@@ -106,38 +100,17 @@ def _escape(text: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
     from rich.console import Console
 
-    from pipeline.kafka.clients import RateLimitedLog, consumer_config, require_kafka
+    from pipeline.kafka.clients import RateLimitedLog, require_kafka
+    from pipeline.kafka.readers import verdict_reader
     from schemas.messages import decode_verdict
 
     settings = settings_from_args(args)
     console = Console(no_color=args.no_color, highlight=False, soft_wrap=True)
     wanted = set(args.conversation)
     require_kafka(settings)
-    # A throwaway group that never commits: watching must not move anybody's offsets.
-    consumer = Consumer(consumer_config(settings, f"guardstream-watch-{uuid.uuid4().hex[:12]}"))
-    try:
-        metadata = consumer.list_topics(settings.topic_verdicts, timeout=10)
-    except KafkaException as exc:
-        consumer.close()
-        raise UserError(
-            f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc}; is it running ('guardstream up')?"
-        ) from None
-    topic = metadata.topics.get(settings.topic_verdicts)
-    if topic is None or topic.error is not None or not topic.partitions:
-        consumer.close()
-        raise UserError(f"topic {settings.topic_verdicts} does not exist; create it with 'guardstream topics'")
-    assignment = []
-    for partition in sorted(topic.partitions):
-        if args.from_beginning:
-            offset = OFFSET_BEGINNING
-        else:
-            # Pin the current end now, so verdicts produced right after start are never skipped.
-            _, offset = consumer.get_watermark_offsets(TopicPartition(settings.topic_verdicts, partition), timeout=10)
-        assignment.append(TopicPartition(settings.topic_verdicts, partition, offset))
-    consumer.assign(assignment)
+    consumer = verdict_reader(settings, "watch", from_beginning=args.from_beginning)
     shown = 0
     # A broker that goes away mid-watch reports the same error on every poll: show it now and then.
     errors = RateLimitedLog(logging.getLogger("guardstream.watch"))

@@ -7,13 +7,11 @@ import os
 import sys
 from typing import Any
 
-from pipeline.config import add_settings_arguments, settings_environment, settings_from_args
+from pipeline.config import add_settings_arguments, settings_environment, settings_from_args, settings_in_group
 
 _COMMON = (
-    "kafka_bootstrap", "kafka_security_protocol", "kafka_sasl_mechanism", "kafka_sasl_username",
-    "kafka_sasl_password", "kafka_ssl_ca_location", "kafka_ssl_certificate_location", "kafka_ssl_key_location",
-    "kafka_extra", "topic_in", "topic_verdicts", "topic_dlq", "model", "policy_file", "default_policy",
-    "device", "precision", "max_context_tokens", "metrics_port", "log_level", "log_text", "state_dir",
+    *settings_in_group("kafka"), "topic_in", "topic_verdicts", "topic_dlq", "model", "policy_file", "default_policy",
+    "device", "precision", "max_context_tokens", "metrics_port", "log_level", "state_dir",
 )
 _STREAM = (
     "redis_url", "state_ttl_s", "stream_group", "worker_instance", "max_batch_tokens", "max_batch_wait_ms",

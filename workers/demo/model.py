@@ -9,6 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 HUB_MODEL = "Qwen/Qwen3Guard-Stream-0.6B"
+# The random model's Safe prior in logits (``guardstream model init-random --safe-prior``): most of the
+# demo's replies are judged Safe and a few are not, as a deployment's real model would mostly judge
+# them. Seed 0 with this prior gives the demo conversations all three outcomes (released, flagged,
+# stopped); the verdicts are still random.
+SAFE_PRIOR = 4.0
+SEED = 0
 
 
 @dataclass(frozen=True)
@@ -46,11 +52,13 @@ def prepare_model(state_dir: Path, say: Callable[[str], None]) -> DemoModel:
             return DemoModel(export_dir, HUB_MODEL, True)
         except UserError as exc:
             say(f"could not use {HUB_MODEL} ({exc}); falling back to a random tiny model")
-    export_dir = root / f"tiny-random-onnx-{KV_LAYOUT}"
+    name = f"tiny-random-seed{SEED}-safe-prior{SAFE_PRIOR:g}"
+    export_dir = root / f"{name}-onnx-{KV_LAYOUT}"
     if not has_current_layout(export_dir):
         from pipeline.model.checkpoint import init_random_stream
 
-        say("the Hugging Face hub is unreachable: making a random tiny checkpoint (UNTRAINED) and exporting it")
-        checkpoint = init_random_stream(root / "tiny-random", "tiny", seed=0)
+        say("the Hugging Face hub is unreachable: making a random tiny checkpoint (UNTRAINED, biased toward "
+            f"Safe by {SAFE_PRIOR:g} logits) and exporting it")
+        checkpoint = init_random_stream(root / name, "tiny", seed=SEED, safe_prior=SAFE_PRIOR)
         export_stream_model(str(checkpoint), export_dir, progress=say)
-    return DemoModel(export_dir, "random tiny checkpoint", False)
+    return DemoModel(export_dir, f"random tiny checkpoint (seed {SEED}, Safe prior {SAFE_PRIOR:g})", False)

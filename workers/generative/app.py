@@ -62,12 +62,14 @@ from typing import Any
 
 import msgspec
 
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from pipeline.dlq import DEFAULT_MESSAGE_MAX_BYTES, dlq_max_bytes, dlq_record, encode_fitting, reason_class
 from pipeline.errors import UserError
 from pipeline.gen.moderator import GenModerator, GenRuling
 from pipeline.gen.render import ModerationRequest
 from pipeline.intake import InputLimits, accept
+from pipeline.kafka.faust_settings import faust_kafka_settings
 from pipeline.logging import configure_logging, get_logger
 from pipeline.ops.ports import start_ops_server
 from pipeline.ops.server import OpsServer
@@ -105,10 +107,6 @@ SHUTDOWN_GRACE_S = 20.0
 EXIT_WRITE_FAILED = 75   # EX_TEMPFAIL: restart the worker; its unacked events are redone
 
 log = get_logger("guardstream.generative")
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 def draft_limits(settings: Settings) -> DraftLimits:
@@ -306,7 +304,7 @@ class ConversationRuler:
         verdict = generative_verdict(
             conversation_id=conversation_id, message_index=index, role=draft.messages[index].role,
             tenant=draft.tenant, ruling=ruling, policies=self.policies, model=self.model_name,
-            now_ms=_now_ms(), sent_ms=sent_ms,
+            now_ms=now_ms(), sent_ms=sent_ms,
         )
         delivery = await self.verdicts_topic.send(key=conversation_id.encode("utf-8"), value=encode(verdict),
                                                   force=True)
@@ -503,7 +501,7 @@ class ConversationRuler:
         key = bytes(event.key) if isinstance(event.key, bytes | bytearray) else None
         message = event.message
         await self._send_dlq(dlq_record(reason, raw, message.topic, message.partition, message.offset, WORKER_NAME,
-                                        _now_ms(), key=key, conversation_id=conversation_id))
+                                        now_ms(), key=key, conversation_id=conversation_id))
         log.warning("dead letter", extra={"reason": bounded(reason), "partition": message.partition,
                                           "offset": message.offset})
 
@@ -530,33 +528,13 @@ def input_partitions(settings: Settings) -> int:
     return len(topic.partitions)
 
 
-def faust_credentials(settings: Settings) -> Any:
-    import ssl
-
-    import faust
-
-    protocol = settings.kafka_security_protocol
-    if protocol == "PLAINTEXT":
-        return None
-    context = None
-    if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=settings.kafka_ssl_ca_location or None)
-        if settings.kafka_ssl_certificate_location:
-            context.load_cert_chain(settings.kafka_ssl_certificate_location, settings.kafka_ssl_key_location or None)
-    if protocol == "SSL":
-        return faust.SSLCredentials(context)
-    return faust.SASLCredentials(username=settings.kafka_sasl_username, password=settings.kafka_sasl_password,
-                                 mechanism=settings.kafka_sasl_mechanism or "PLAIN", ssl_context=context)
-
-
 def build_app(settings: Settings, partitions: int, store: DraftStore) -> tuple[Any, Any, Any, Any, Any]:
     """The faust app with its input topic, draft table (changelog folded into ``store``), verdict and DLQ topics."""
     import faust
 
     app = faust.App(
         settings.generative_group,
-        broker=[f"kafka://{host.strip()}" for host in settings.kafka_bootstrap.split(",")],
-        broker_credentials=faust_credentials(settings),
+        **faust_kafka_settings(settings),   # broker, credentials, kafka_extra: as every other client's
         store="memory://",
         web_enabled=False,
         autodiscover=False,
@@ -604,6 +582,7 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     from pipeline.gen.checkpoint import load_gen_model
 
     check_limits(settings)
+    faust_kafka_settings(settings)   # refuses kafka_extra that faust cannot apply, before the model loads
     if not settings.model:
         raise UserError("the generative worker needs --model DIR (a Qwen3Guard-Gen checkpoint or hub id); "
                         "make one with 'guardstream model init-random --arch gen --out DIR'")

@@ -129,7 +129,7 @@ def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -
         except DependencyUnavailable as exc:
             log.error(str(exc), extra={"exit_code": EXIT_DEPENDENCY})
             return EXIT_DEPENDENCY
-        log.info("model loaded", extra={"model": worker.processor.engine.model_name, "worker": worker.name})
+        log.info("model loaded", extra={"model": worker.processor.model_name, "worker": worker.name})
         if ops is not None:
             ready_ops = ops
             worker.set_on_subscribed(lambda: ready_ops.set_ready(True))

@@ -11,10 +11,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
+from pipeline.engine.types import NO_CACHE, FeedRequest, HeadOutputs, StreamEngine
 
 
 class FullRecomputeEngine:
+    cache = NO_CACHE   # every token recomputes its whole prefix
+
     def __init__(self, inner: StreamEngine) -> None:
         self.inner = inner
         self.model_name = inner.model_name

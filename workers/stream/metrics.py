@@ -64,12 +64,6 @@ class StreamMetrics:
     def observe_redis(self, op: str, seconds: float) -> None:
         self.redis_seconds.labels(op=op).observe(seconds)
 
-    def observe_engine(self, engine: Any) -> None:
-        """Bytes in the engine's KV cache, when it has one (the ONNX engine's ``cache.nbytes``)."""
-        used = getattr(getattr(engine, "cache", None), "nbytes", None)
-        if isinstance(used, int | float):
-            self.kv_cache_bytes.set(used)
-
     def observe_lag(self, stats: dict[str, Any], committed: Mapping[tuple[str, int], int]) -> None:
         """Lag per owned partition: its end (the last stable offset: what a read-committed reader can
         see) minus the offset this worker committed in its last transaction. librdkafka's own

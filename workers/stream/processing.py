@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pipeline.dlq import dlq_record
 from pipeline.engine.types import FeedRequest, HeadOutputs, StreamEngine
 from pipeline.intake import InputLimits, accept
-from pipeline.scoring.scorer import ConversationState, Rejection, Scorer, SourceRef, held_bytes
+from pipeline.scoring.ordering import held_bytes
+from pipeline.scoring.scorer import Scorer
+from pipeline.scoring.state import ConversationState, Rejection, SourceRef
 from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
 from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict
@@ -72,9 +74,18 @@ class _Conversation:
     held_before: bool = False  # the loaded state held deltas (so the partition's held index names it)
 
 
+@dataclass(frozen=True)
+class StalePartitions:
+    """What :meth:`BatchProcessor.process` returns instead of judging: Redis does not hold the
+    watermark the caller expects for these partitions (it lost writes, restart or failover, or
+    another worker moved on). Nothing was judged; recover them, then process the batch again."""
+
+    partitions: dict[PartitionId, int]  # partition -> stored watermark
+
+
 class StaleState(Exception):
-    """Redis does not hold the watermark the caller expects for these partitions: it lost writes
-    (restart, failover) or another worker moved on. Recover them, then process the batch again."""
+    """Raised by a caller that cannot recover on the spot (a replay met :class:`StalePartitions`):
+    a Redis fault, retried from the top."""
 
     def __init__(self, partitions: dict[PartitionId, int]) -> None:
         super().__init__(f"stale redis state for {sorted(partitions)}")
@@ -149,14 +160,16 @@ class BatchProcessor:
         now_ms: int,
         sweep: Mapping[str, ConversationRef] | None = None,
         expire_gaps: bool = True,
-    ) -> BatchOutcome:
+    ) -> BatchOutcome | StalePartitions:
         """Judge ``records`` (in offset order per partition) plus the conversations in ``sweep``.
 
         ``expected_watermarks`` is what the caller believes Redis holds per partition; the
         returned writes carry it so that the store can fence them. Conversations in ``sweep`` have
         their gaps expired by the wall clock ``now_ms`` (unless ``expire_gaps`` is False): only pass
         conversations of partitions with nothing left to read. Record-driven expiry is by log time
-        and always on, so a replay rebuilds the same states.
+        and always on, so a replay rebuilds the same states. When Redis does not hold
+        ``expected_watermarks``, nothing is judged: :class:`StalePartitions` says which partitions
+        the caller must recover first.
         """
         out = BatchOutcome(deltas=len(records))
         convs: dict[str, _Conversation] = {}
@@ -181,7 +194,9 @@ class BatchProcessor:
                 convs[key] = _Conversation(key, ref.conversation_id, ref.tenant, ref.topic, ref.partition)
             convs[key].swept = expire_gaps
 
-        self._load_states(convs.values(), out, now_ms, expected_watermarks)
+        stale = self._load_states(convs.values(), out, now_ms, expected_watermarks)
+        if stale:
+            return StalePartitions(stale)
         for conv in convs.values():
             self._apply(conv, out, now_ms)
         self._score(list(convs.values()), out, now_ms)
@@ -200,7 +215,8 @@ class BatchProcessor:
     def _load_states(
         self, convs: Iterable[_Conversation], out: BatchOutcome, now_ms: int,
         expected: Mapping[PartitionId, int],
-    ) -> None:
+    ) -> dict[PartitionId, int]:
+        """Load the states; the partitions whose watermark is not ``expected`` (then nothing is loaded)."""
         todo = list(convs)
         # The input topic is one topic; partitions we have an expectation for are checked, in the
         # same atomic read as the states, so the states judged below are the ones Kafka implies.
@@ -209,7 +225,7 @@ class BatchProcessor:
         stored, marks = self.store.load_with_watermarks([c.key for c in todo], topic, [p for _, p in checked])
         stale = {(topic, p): mark for p, mark in marks.items() if mark != expected[(topic, p)]}
         if stale:
-            raise StaleState(stale)
+            return stale
         for conv in todo:
             raw = stored.get(conv.key)
             if raw is None:
@@ -220,6 +236,7 @@ class BatchProcessor:
                 conv.held_before = has_held_deltas(conv.state)
             except Exception as exc:  # an unreadable state must not stop the partition
                 self._fail(conv, f"unreadable conversation state: {exc!r}", out, now_ms)
+        return {}
 
     def _apply(self, conv: _Conversation, out: BatchOutcome, now_ms: int) -> None:
         if conv.failed or conv.state is None:
@@ -265,16 +282,19 @@ class BatchProcessor:
                     ready.append((conv, request))
             if not ready:
                 return
-            for (conv, _request), outputs in zip(ready, self._run(ready, out, now_ms), strict=True):
-                if outputs is None or conv.state is None:
-                    continue
+            answered = [(conv, conv.state, outputs)
+                        for (conv, _), outputs in zip(ready, self._run(ready, out, now_ms), strict=True)
+                        if outputs is not None and conv.state is not None]
+            results = self.scorer.absorb_batch([(state, outputs) for _, state, outputs in answered], now_ms)
+            for (conv, _, outputs), result in zip(answered, results, strict=True):
                 out.tokens_scored += len(outputs)
-                try:
-                    out.verdicts.extend(self.scorer.absorb(conv.state, outputs, now_ms))
-                    conv.changed = True
-                except Exception as exc:
-                    log.exception("absorbing model outputs failed", extra={"conversation_key": conv.key})
-                    self._fail(conv, f"internal error while scoring: {exc!r}", out, now_ms)
+                if isinstance(result, Exception):
+                    log.error("absorbing model outputs failed", exc_info=result, extra={"conversation_key": conv.key})
+                    self._fail(conv, f"internal error while scoring: {result!r}", out, now_ms)
+                    continue
+                out.verdicts.extend(result.verdicts)
+                out.dlq.extend(self._dlq_of(r, now_ms) for r in result.rejections)
+                conv.changed = True
             out.conversations_scored += len(ready)
         for conv in convs:
             if not conv.failed and conv.state is not None and self.scorer.pending(conv.state):
@@ -284,10 +304,9 @@ class BatchProcessor:
         self, ready: list[tuple[_Conversation, FeedRequest]], out: BatchOutcome, now_ms: int
     ) -> list[HeadOutputs | None]:
         """One engine step for all; if it fails, find the culprit(s) one conversation at a time."""
-        cache = getattr(self.engine, "cache", None)  # the ONNX engine's LRU; other engines may have none
-        if cache is not None:
-            out.cache_lookups += len(ready)
-            out.cache_hits += sum(1 for _, request in ready if request.key in cache)
+        cache = self.engine.cache
+        out.cache_lookups += len(ready)
+        out.cache_hits += sum(1 for _, request in ready if request.key in cache)
         try:
             return list(self.engine.run([r for _, r in ready]))
         except Exception as exc:
@@ -344,6 +363,19 @@ class BatchProcessor:
         """Send a conversation's deltas of this batch to the DLQ; its stored state stays as it was."""
         conv.failed = True
         out.dlq.extend(self._dlq(reason, rec, now_ms, delta.conversation_id) for rec, delta in conv.deltas)
+
+    @property
+    def model_name(self) -> str:
+        return self.engine.model_name
+
+    def kv_cache_bytes(self) -> int:
+        """Bytes the engine's KV cache holds now (0 for an engine without one)."""
+        return self.engine.cache.nbytes
+
+    def forget(self, key: str) -> None:
+        """This worker judges the conversation no more (it ended, or its partition went elsewhere):
+        its KV cache goes. Its durable state stays in Redis."""
+        self.engine.evict(key)
 
     def held_conversations(self, topic: str, partition: int) -> dict[str, ConversationRef]:
         """The partition's conversations holding out-of-order deltas, from the durable index: what a

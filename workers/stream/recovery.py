@@ -19,7 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from pipeline.config import Settings
 from pipeline.kafka.clients import make_consumer
 from pipeline.state.store import NO_WATERMARK, PartitionWrite, StateStore
-from workers.stream.processing import BatchProcessor
+from workers.stream.processing import BatchProcessor, StalePartitions, StaleState
 from workers.stream.records import InputRecord, record_time_ms
 
 log = logging.getLogger("guardstream.stream.recovery")
@@ -173,6 +173,8 @@ class PartitionRecovery:
             self._idle_since = time.monotonic()
             outcome = self.processor.process(batch, {(topic, partition): self._watermark}, self._now_ms(),
                                              expire_gaps=False)
+            if isinstance(outcome, StalePartitions):
+                raise StaleState(outcome.partitions)   # Redis changed under the replay: start over
             for write in outcome.writes:
                 _write_checked(self.store, write)
                 self._watermark = write.new_watermark

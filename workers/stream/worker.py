@@ -347,16 +347,16 @@ class StreamWorker:
     def _process(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
         """Judge the batch on states that match Kafka; if Redis lost writes under us, replay first."""
         for _ in range(3):
-            try:
-                return self.processor.process(records, self._own.watermarks, now_ms(), sweep)
-            except StaleState as stale:
-                self.metrics.state_conflicts.inc()
-                first = _first_offsets(records)
-                for pid, stored in stale.partitions.items():
-                    log.warning("redis state is not what this worker wrote; recovering the partition", extra={
-                        "topic": pid[0], "partition": pid[1], "expected": self._own.watermarks.get(pid),
-                        "stored": stored})
-                    self._recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
+            result = self.processor.process(records, self._own.watermarks, now_ms(), sweep)
+            if isinstance(result, BatchOutcome):
+                return result
+            self.metrics.state_conflicts.inc()   # StalePartitions: nothing was judged
+            first = _first_offsets(records)
+            for pid, stored in result.partitions.items():
+                log.warning("redis state is not what this worker wrote; recovering the partition", extra={
+                    "topic": pid[0], "partition": pid[1], "expected": self._own.watermarks.get(pid),
+                    "stored": stored})
+                self._recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
         raise RecoveryError("redis state kept changing under this worker; is another worker writing its partitions?")
 
     def _due_sweep(self) -> dict[str, ConversationRef]:
@@ -532,7 +532,7 @@ class StreamWorker:
                 own.track(key, ref)
         own.held.update({k: r for k, r in outcome.held.items() if own.owns(r.partition_id)})
         for key in outcome.ended_keys:
-            self.processor.engine.evict(key)
+            self.processor.forget(key)
             keys = own.conversations.get(outcome.touched[key].partition_id)
             if keys is not None:
                 keys.pop(key, None)
@@ -559,7 +559,7 @@ class StreamWorker:
         self.health.answered(REDIS)
 
     def _observe_engine(self) -> None:
-        self.metrics.observe_engine(self.processor.engine)
+        self.metrics.kv_cache_bytes.set(self.processor.kv_cache_bytes())
 
     # --- rebalances: the callbacks only pause and forget; the loop does the recovering ----
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -639,7 +639,7 @@ class StreamWorker:
             self._committed.pop(pid, None)
             self.metrics.forget_partition(tp.topic, tp.partition)
             for key in self._own.release(pid):
-                self.processor.engine.evict(key)
+                self.processor.forget(key)
         self._observe_ownership()
         if partitions:
             log.info("partitions revoked", extra={"partitions": [f"{tp.topic}[{tp.partition}]" for tp in partitions]})
