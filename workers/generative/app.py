@@ -56,7 +56,7 @@ import functools
 import signal
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -436,20 +436,24 @@ class ConversationRuler:
         if revoked:
             log.info("partitions revoked", extra={"partitions": len(revoked), "unacked_events_dropped": dropped})
 
-    def on_recovery_completed(self) -> None:
+    def on_recovery_completed(self, settled: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Rule what the recovered drafts hold complete and unruled, without waiting for an event.
 
         A message whose last chunk is in the changelog is complete after recovery whatever the
         committed offset of guard.in says; if no event of its conversation is replayed or arrives
-        later (the conversation is quiet), nothing else would ever rule it.
+        later (the conversation is quiet), nothing else would ever rule it. The rulings start once
+        ``settled`` returns (faust has seeked the input partitions and resumed them), so that model
+        work does not compete with faust's own start-up of the stream.
         """
         for key in [k for k in self._delivered if self.store.get(k) is None]:
             del self._delivered[key]    # its draft went with a revoked partition
-        task = asyncio.ensure_future(self._rule_recovered())
+        task = asyncio.ensure_future(self._rule_recovered(settled))
         self._ackers.add(task)
         task.add_done_callback(self._ackers.discard)
 
-    async def _rule_recovered(self) -> None:
+    async def _rule_recovered(self, settled: Callable[[], Awaitable[Any]] | None) -> None:
+        if settled is not None:
+            await settled()
         started: list[asyncio.Future[None]] = []
         for key, draft in list(self.store.drafts.items()):
             if self.store.get(key) is not draft or not ready_for_ruling(draft):
@@ -570,7 +574,8 @@ def connect_rebalances(app: Any, table: Any, ruler: ConversationRuler) -> None:
         ruler.on_partitions_revoked(revoked)
 
     async def recovered() -> None:
-        ruler.on_recovery_completed()
+        # faust sets recovery.completed after seeking the input partitions to their committed offsets
+        ruler.on_recovery_completed(app.tables.recovery.completed.wait)
 
     app.on_partitions_revoked.connect(revoked)
     table.on_recover(recovered)
