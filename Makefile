@@ -7,7 +7,7 @@
 #   make lint    ruff + mypy
 #   make tools   kustomize for the manifest-rendering tests (deploy/tools/install-kustomize.sh)
 #   make images  build the worker images; make push  push them (IMAGE_REGISTRY, IMAGE_TAG)
-# PYTEST_ARGS="tests/foundation -x" narrows the test run; ALLOW_NO_TESTS=1 turns pytest's
+# PYTEST_ARGS="tests/input -x" narrows the test run; ALLOW_NO_TESTS=1 turns pytest's
 # "no tests collected" (exit 5) into success.
 
 SHELL := /bin/bash

@@ -154,8 +154,14 @@ class Settings:
     )
     engine_threads: int = field(
         default=0,
-        metadata=_opt("ONNX Runtime intra-op threads of one worker (0: all usable cores; with N workers on one "
-                      "machine give each cores/N, docs/deploy.md)", "worker"),
+        metadata=_opt("ONNX Runtime intra-op threads of one worker (0: chosen per device and model size: one on "
+                      "CUDA and for small models, else all usable cores; with N workers on one machine give each "
+                      "cores/N, docs/deploy.md)", "worker"),
+    )
+    engine_spin_wait: bool = field(
+        default=False,
+        metadata=_opt("Let ONNX Runtime's intra-op threads spin between ops instead of sleeping (a little lower "
+                      "latency per model call, a busy core meanwhile; off suits shared hosts)", "worker"),
     )
     gen_start_from: str = field(
         default="latest",

@@ -17,6 +17,7 @@ import msgspec
 
 from pipeline.config import Settings
 from pipeline.errors import UserError
+from pipeline.kafka.offsets import watermarks
 from schemas.messages import DlqRecord
 
 _decoder = msgspec.json.Decoder(DlqRecord)
@@ -103,8 +104,7 @@ def read_dlq(settings: Settings, *, only: tuple[int, int] | None = None, timeout
                 raise UserError(f"{settings.topic_dlq} has no partition {only[0]} (it has {len(partitions)})")
             partitions = [only[0]]
         for partition in partitions:
-            low, high = consumer.get_watermark_offsets(TopicPartition(settings.topic_dlq, partition),
-                                                       timeout=timeout_s)
+            low, high = watermarks(consumer, settings.topic_dlq, partition, timeout_s)
             start = low if only is None else only[1]
             if only is not None and not low <= start < high:
                 raise UserError(f"no record at {only[0]}:{only[1]} in {settings.topic_dlq} "

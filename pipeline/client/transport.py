@@ -14,6 +14,7 @@ from confluent_kafka import OFFSET_END, KafkaError, KafkaException, Message, Top
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import make_consumer, make_producer
+from pipeline.kafka.offsets import watermarks
 from schemas.messages import TokenDelta, Verdict, decode_verdict, encode
 
 log = logging.getLogger("guardstream.client")
@@ -97,7 +98,7 @@ class VerdictFollower:
         for p in sorted(topic.partitions):
             # Start at the current end, resolved now: verdicts for deltas published after start()
             # returns can never be missed.
-            _, high = self._consumer.get_watermark_offsets(TopicPartition(self._topic, p), timeout=10)
+            _, high = watermarks(self._consumer, self._topic, p)
             partitions.append(TopicPartition(self._topic, p, high if high >= 0 else OFFSET_END))
         self._consumer.assign(partitions)
         self._stop = threading.Event()

@@ -12,18 +12,18 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.dashboard.metrics import DashboardMetrics
 from pipeline.dashboard.state import DashboardState
 from pipeline.intake import InputLimits, accept
 from pipeline.kafka.clients import RateLimitedLog, make_consumer
+from pipeline.kafka.offsets import watermarks
 from schemas.messages import MessageError, decode_verdict
 
 log = logging.getLogger("guardstream.dashboard")
@@ -34,19 +34,6 @@ BATCH = 500
 class FeedTopics:
     verdicts: str
     deltas: str | None   # None: text is not shown, guard.in is not read
-
-
-def watermarks(consumer: Consumer, partition: TopicPartition, timeout_s: float = 15.0) -> tuple[int, int]:
-    """The partition's low and high offsets, retried while its leader is being elected (a new topic)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(partition, timeout=10)
-            return int(low), int(high)
-        except KafkaException:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
 
 
 def assign_all(consumer: Consumer, topic: str, from_beginning: bool) -> None:
@@ -61,7 +48,7 @@ def assign_all(consumer: Consumer, topic: str, from_beginning: bool) -> None:
             offset = OFFSET_BEGINNING
         else:
             # The end resolved now: records produced right after start are never skipped.
-            _, high = watermarks(consumer, TopicPartition(topic, p))
+            _, high = watermarks(consumer, topic, p)
             offset = high if high >= 0 else OFFSET_END
         partitions.append(TopicPartition(topic, p, offset))
     consumer.assign(partitions)

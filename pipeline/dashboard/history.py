@@ -16,9 +16,9 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
 from pipeline.config import Settings
-from pipeline.dashboard.feed import watermarks
 from pipeline.dashboard.state import VerdictSummary
 from pipeline.kafka.clients import make_consumer
+from pipeline.kafka.offsets import watermarks
 from schemas.messages import decode_verdict
 
 MAX_VERDICTS = 5000
@@ -57,7 +57,7 @@ def read_history(settings: Settings, conversation_id: str, *, max_verdicts: int 
             raise RuntimeError(f"topic {topic} does not exist")
         ends: dict[int, int] = {}
         for p in sorted(described.partitions):
-            low, high = watermarks(consumer, TopicPartition(topic, p))
+            low, high = watermarks(consumer, topic, p)
             if high > low:
                 ends[p] = high
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in ends])

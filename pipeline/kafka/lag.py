@@ -8,6 +8,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import consumer_config
+from pipeline.kafka.offsets import watermarks
 
 
 def committed_lag(settings: Settings, group: str | None = None, topic: str | None = None, *,
@@ -35,7 +36,7 @@ def committed_lag(settings: Settings, group: str | None = None, topic: str | Non
                     raise
         lag = 0
         for tp in committed:
-            low, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), timeout=10)
+            low, high = watermarks(consumer, tp.topic, tp.partition)
             lag += high - (tp.offset if tp.offset >= 0 else low)
         return lag
     finally:

@@ -12,6 +12,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.kafka.clients import consumer_config
+from pipeline.kafka.offsets import watermarks
 
 
 def topic_partitions(metadata: Any, topic: str) -> list[int]:
@@ -42,8 +43,7 @@ def verdict_reader(settings: Settings, purpose: str, *, from_beginning: bool = F
         for partition in topic_partitions(metadata, settings.topic_verdicts):
             offset = OFFSET_BEGINNING
             if not from_beginning:
-                _, offset = consumer.get_watermark_offsets(TopicPartition(settings.topic_verdicts, partition),
-                                                           timeout=10)
+                _, offset = watermarks(consumer, settings.topic_verdicts, partition)
             assignment.append(TopicPartition(settings.topic_verdicts, partition, offset))
         consumer.assign(assignment)
     except BaseException:

@@ -77,6 +77,7 @@ class OnnxStreamEngine:
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_context: int = DEFAULT_MAX_BATCH_CONTEXT,
         threads: int | None = None,
+        spin_wait: bool = False,
         warmup: bool = True,
         io_binding: bool | None = None,
         kv_on_device: bool | None = None,
@@ -92,7 +93,8 @@ class OnnxStreamEngine:
                             f"{info.kv_layout or 'concatenating'!r}, this engine needs {KV_LAYOUT!r}); "
                             "export it again with `guardstream export --model CHECKPOINT --out NEW_DIR`")
         providers = choose_providers(device)
-        session = open_session(folder / MODEL_FILE, providers, threads)
+        session = open_session(folder / MODEL_FILE, providers, threads,
+                               kv_width=info.num_kv_heads * info.head_dim, spin_wait=spin_wait)
         device_slabs = _device_slabs(folder, info, providers, kv_on_device, kv_cache_bytes)
         engine = cls(session, info, kv_cache_bytes=kv_cache_bytes, max_batch_tokens=max_batch_tokens,
                      max_batch_context=max_batch_context, io_binding=io_binding, device_slabs=device_slabs)

@@ -20,12 +20,13 @@ def open_stream_engine(model: str, settings: Any) -> OnnxStreamEngine:
     """An engine for ``model``: an export directory, or a checkpoint exported once into a cache dir.
 
     ``settings`` is ``pipeline.config.Settings`` (device, precision, state_dir, kv_cache_bytes,
-    max_batch_tokens, engine_threads). Exporting needs the torch extra; loading an export does not.
+    max_batch_tokens, engine_threads, engine_spin_wait). Exporting needs the torch extra; loading an export does not.
     """
     def load(folder: Path) -> OnnxStreamEngine:
         return OnnxStreamEngine.from_dir(folder, device=settings.device, kv_cache_bytes=settings.kv_cache_bytes,
                                          max_batch_tokens=settings.max_batch_tokens,
-                                         threads=int(settings.engine_threads) or None)
+                                         threads=int(settings.engine_threads) or None,
+                                         spin_wait=bool(settings.engine_spin_wait))
 
     folder = Path(model)
     if is_export_dir(folder):

@@ -51,14 +51,47 @@ def preload_cuda_libraries() -> None:
         return
 
 
-def open_session(model_path: Path, providers: list[str], threads: int | None = None) -> ort.InferenceSession:
+# Below this KV width (kv heads x head dim per layer) a model's ops are too small for a second
+# intra-op thread to pay for waking it: one thread does the whole call (docs/benchmarks.md, "Engine"
+# and "Stream worker: host work per delta").
+PARALLEL_KV_WIDTH = 256
+
+
+def intra_op_threads(requested: int | None, providers: list[str], kv_width: int | None = None) -> int:
+    """Threads of the session's intra-op pool: ``requested`` when given, else chosen per device and model size.
+
+    On CUDA the GPU computes and host threads would only wait; a small model on the CPU is faster on
+    one thread than on a pool that has to be woken for every op; a larger one gets every usable core.
+    """
+    if requested:
+        return max(1, requested)
+    if CUDA in providers[:1]:
+        return 1
+    if kv_width is not None and kv_width < PARALLEL_KV_WIDTH:
+        return 1
+    return usable_cores()
+
+
+def session_options(threads: int, spin_wait: bool = False) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    # One model call at a time per engine: all cores go to intra-op parallelism of that call.
-    options.intra_op_num_threads = threads or usable_cores()
+    # One model call at a time per engine: the pool works on that call's ops, no inter-op pool.
+    options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Spinning pool threads keep a core busy between ops and between calls (the worker's loop does
+    # Kafka, Redis and Python work between calls): on a shared host that is CPU taken from the loop.
+    spin = "1" if spin_wait else "0"
+    options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+    options.add_session_config_entry("session.inter_op.allow_spinning", spin)
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    return options
+
+
+def open_session(model_path: Path, providers: list[str], threads: int | None = None, *,
+                 kv_width: int | None = None, spin_wait: bool = False) -> ort.InferenceSession:
+    """An ORT session; ``threads`` None/0 chooses per device and model size (``intra_op_threads``)."""
+    options = session_options(intra_op_threads(threads, providers, kv_width), spin_wait)
     if CUDA in providers:
         preload_cuda_libraries()
     try:

@@ -163,6 +163,15 @@ def _suffix_start(text: str, end: int, keep: int) -> int:
     return index
 
 
+def _word_tail(word: str) -> int:
+    """``_tail_kind(word, arriving=False)`` for an ASCII ``word`` that ``_ONE_WORD_PIECE`` matches, without
+    walking its characters: its last run is its letters (the character before them, if any, is not a
+    letter), and a run of letters keeps a delta from cutting once it is two letters long (``_run_kind``).
+    The word fast path calls this for most deltas of ordinary English."""
+    letters = len(word) if word[0].isalpha() else len(word) - 1
+    return _EXAMINED | _ONE_WORD | (_LETTER if letters >= 2 else 0)
+
+
 def _newline_suffix_start(text: str, end: int) -> int:
     index = end
     while index > 0 and (text[index - 1] in "\r\n" or _char_class(text[index - 1]) == _ANY):
@@ -214,6 +223,8 @@ class IncrementalTokenizer:
         self._added = text.matched_added_tokens
         first_chars = "".join(sorted({t[0] for t in self._added}))
         self._added_start = re.compile(f"[{re.escape(first_chars)}]" if first_chars else r"(?!)")
+        # What sends a delta off the word fast path, in one search: a doubtful character or an added token's start.
+        self._off_word_path = re.compile(f"[\x1c-\x1f{re.escape(first_chars)}]")
         self._added_longest = max((len(t) for t in self._added), default=0)
         # BPE of a piece depends on the piece alone: common words are looked up, not tokenized again.
         self._piece_tokens: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
@@ -269,9 +280,7 @@ class IncrementalTokenizer:
         ``delta`` starts with ends before the last character of the text (condition 3 of the module
         docstring), computed on ``delta`` alone since the word before it is not of that run.
         """
-        if not delta.isascii() or len(delta) < 3 or delta[0].isalpha() or _ASCII_DOUBTFUL.search(delta):
-            return None
-        if self._added_start.search(delta):
+        if not delta.isascii() or len(delta) < 3 or delta[0].isalpha() or self._off_word_path.search(delta):
             return None
         first, known = delta[0], len(delta) - 1      # the last character is not final yet
         if not first.isdigit():
@@ -295,7 +304,7 @@ class IncrementalTokenizer:
         spans = [(base + a, base + b) for a, b in found[1]]
         state.pending = delta
         state.pending_start += len(word)
-        state.tail = self._tail_kind(delta, arriving=False) if _ONE_WORD_PIECE.fullmatch(delta) else 0
+        state.tail = _word_tail(delta) if _ONE_WORD_PIECE.fullmatch(delta) else 0
         return TokenSpans(list(found[0]), spans)
 
     def finish(self, state: IncrementalState) -> TokenSpans:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from pipeline.errors import UserError
 from pipeline.onnx.layout import METADATA_FILE, MODEL_FILE, read_model_info
+from tests.engine.conftest import assert_same_decisions, max_abs_diff, torch_reference
+from tests.engine.feeding import feed_in_chunks
 
 
 def test_export_dir_is_self_contained_and_validated(tiny_onnx_dir: Path, tiny_stream_dir: Path) -> None:
@@ -51,22 +55,53 @@ def test_export_graph_has_dynamic_batch_sequence_and_past_axes(tiny_onnx_dir: Pa
     assert consumers and "Concat" not in consumers and "Expand" not in consumers
 
 
-def test_fp16_export_runs_and_records_its_parity(tiny_stream_dir: Path, tmp_path: Path) -> None:
+def test_fp16_export_runs_on_the_cpu_provider_and_agrees_with_torch(
+    tiny_stream_dir: Path, tiny_torch_model: Any, sample_token_streams: list[list[int]], tmp_path: Path
+) -> None:
+    """The pinned onnxruntime's CPU provider has every fp16 kernel the graph needs: the exporter's
+    parity run is not skipped, and the engine, fed in chunks through its fp16 cache, gives torch's
+    fp32 logits within the fp16 tolerance and the same decisions."""
     from pipeline.onnx.engine import OnnxStreamEngine
     from pipeline.onnx.export import export_stream_model
+    from pipeline.onnx.parity import PARITY_TOLERANCE
 
     out = export_stream_model(str(tiny_stream_dir), tmp_path / "fp16", precision="fp16")
     metadata = json.loads((out / METADATA_FILE).read_text())
     assert metadata["precision"] == "fp16"
     parity = metadata["parity"]
-    # ORT CPU may lack fp16 kernels; then the exporter says so instead of silently passing.
-    assert parity["skipped"] or parity["max_abs_diff"] < parity["tolerance"]
-    if not parity["skipped"]:
-        from pipeline.engine.types import FeedRequest
+    assert parity["skipped"] == "", f"the fp16 parity run was skipped on CPU: {parity['skipped']}"
+    assert parity["max_abs_diff"] < parity["tolerance"] == PARITY_TOLERANCE["fp16"]
 
-        (out_rows,) = OnnxStreamEngine.from_dir(out, device="cpu", warmup=False).run(
-            [FeedRequest("k", [151644, 872, 198, 9707], 0)])
-        assert out_rows.risk_logits.dtype.name == "float32" and len(out_rows) == 4
+    engine = OnnxStreamEngine.from_dir(out, device="cpu", warmup=False)
+    assert engine.info.precision == "fp16"
+    for n, ids in enumerate(sample_token_streams[:2]):
+        expected = torch_reference(tiny_torch_model, ids).heads
+        actual = feed_in_chunks(engine, f"fp16-{n}", ids, chunk="random", seed=n)
+        assert all(a.dtype == np.float32 for a in actual)
+        scale = max(1.0, max(float(np.abs(e).max()) for e in expected))
+        assert max_abs_diff(expected, actual) / scale < PARITY_TOLERANCE["fp16"]
+        assert_same_decisions(expected, actual, margin=PARITY_TOLERANCE["fp16"] * scale)
+
+
+def test_the_fp16_parity_run_records_why_it_was_skipped_when_a_kernel_is_missing(
+    tiny_stream_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU build without an fp16 kernel: the reason is written down, never a silent pass; the same
+    failure in fp32 is an export error."""
+    from pipeline.onnx import engine as engine_module
+    from pipeline.onnx.export import export_stream_model
+
+    def missing_kernel(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("[ONNXRuntimeError] : 9 : NOT_IMPLEMENTED : Could not find an implementation for "
+                           "SimplifiedLayerNormalization(1) node with name ''")
+
+    monkeypatch.setattr(engine_module.OnnxStreamEngine, "from_dir", missing_kernel)
+    out = export_stream_model(str(tiny_stream_dir), tmp_path / "fp16", precision="fp16")
+    parity = json.loads((out / METADATA_FILE).read_text())["parity"]
+    assert parity["skipped"].startswith("ORT CPU lacks an fp16 kernel") and "NOT_IMPLEMENTED" in parity["skipped"]
+    with pytest.raises(UserError, match=r"failed to run in onnxruntime.*NOT_IMPLEMENTED"):
+        export_stream_model(str(tiny_stream_dir), tmp_path / "fp32", precision="fp32")
+    assert not (tmp_path / "fp32").exists()
 
 
 def test_export_refuses_a_non_empty_out_dir(tiny_stream_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -58,7 +57,7 @@ def test_final_verdicts_equal_the_offline_full_sequence_computation(
 
 @pytest.mark.parametrize(("conversation_id", "messages", "tenant"), CONVERSATIONS, ids=[c[0] for c in CONVERSATIONS])
 def test_any_chunking_gives_the_same_flags_and_finals_at_the_same_characters(
-    make_scorer: Callable[..., Scorer], engine: HashEngine,
+    make_scorer: Callable[..., Scorer], engine: HashEngine, text_tokenizer: TextTokenizer,
     conversation_id: str, messages: list[Message], tenant: str | None,
 ) -> None:
     def judged(size: int | None, seed: int | None) -> list[dict[str, Any]]:
@@ -77,7 +76,14 @@ def test_any_chunking_gives_the_same_flags_and_finals_at_the_same_characters(
                       key=lambda c: c["verdict_id"])
 
     whole = judged(None, None)
-    assert any(v["kind"] == "flag" for v in whole) or conversation_id in ("zh",)
+    # The flags compared below are the offline rule's: an assistant message is flagged exactly when its
+    # offline final is risky, and its last flag (the escalation, if any) is that final's risk and token.
+    offline = reference_decisions(text_tokenizer, engine, messages, LabelMaps())
+    risky_answers = {i: (risk, token_index) for i, (risk, _category, token_index, _scores) in offline.items()
+                     if messages[i].role == "assistant" and risk != "safe"}
+    last_flags = {v["message_index"]: (v["risk"], v["token_index"])
+                  for v in sorted((v for v in whole if v["kind"] == "flag"), key=lambda v: v["token_index"])}
+    assert last_flags == risky_answers
     for size, seed in CHUNKINGS[1:]:
         assert judged(size, seed) == whole, f"chunk size {size} seed {seed}"
 
@@ -314,13 +320,18 @@ def test_a_conversation_past_the_model_context_is_cut_and_reported_never_crashin
 
 
 def test_final_verdicts_carry_token_labels_only_when_asked(
-    make_scorer: Callable[..., Scorer], engine: HashEngine,
+    make_scorer: Callable[..., Scorer], engine: HashEngine, text_tokenizer: TextTokenizer,
 ) -> None:
     deltas = chunked("labels", FOLLOW_UP[:3], 4, None)
     with_labels = drive(make_scorer(include_token_labels=True), engine, deltas)
     without = drive(make_scorer(), engine, deltas)
     answer = next(v for v in with_labels.verdicts if v.kind == "final" and v.message_index == 2)
-    assert answer.token_labels is not None and len(answer.token_labels) > 5
+    # One label per scored token of the answer, as the offline rule labels them.
+    rendered = render_context(text_tokenizer, FOLLOW_UP[:3], 2)
+    outputs = engine.outputs_for(rendered.token_ids, 0)
+    rows = rendered.scored_positions
+    offline = decide_response(outputs.risk_logits[rows], outputs.category_logits[rows], LabelMaps())
+    assert len(rows) > 5 and answer.token_labels == offline.token_labels
     assert all(v.token_labels is None for v in without.verdicts)
 
 
@@ -337,7 +348,10 @@ def test_encoded_state_is_a_few_bytes_per_token(
     print(f"\nencoded state: {size} bytes for {tokens} tokens = {size / tokens:.2f} bytes/token")
     assert tokens > 1000
     assert size / tokens < 4.5
-    assert msgspec.msgpack.decode(scorer.encode_state(run.state)) is not None
+    # What is stored is the whole state: a fresh scorer decodes it to an equal state, byte for byte.
+    encoded = scorer.encode_state(run.state)
+    decoded = make_scorer().decode_state(encoded)
+    assert decoded == run.state and make_scorer().encode_state(decoded) == encoded
 
 
 FRAGMENT_TEXT = st.lists(st.sampled_from(FRAGMENTS), max_size=8).map("".join)

@@ -124,3 +124,13 @@ def test_an_endless_letter_run_is_cut_so_that_the_held_text_stays_bounded(text_t
     ids += incremental.finish(state).ids
     assert longest_held <= 257
     assert text_tokenizer.decode(ids) == text       # nothing lost or repeated at the forced cuts
+
+
+@given(st.from_regex(r"[^\r\nA-Za-z0-9'<\x1c-\x1f\x80-\U0010ffff]?[A-Za-z]{1,12}", fullmatch=True))
+@settings(max_examples=300, deadline=None)
+def test_the_word_fast_paths_tail_is_what_examining_the_word_would_say(text_tokenizer: TextTokenizer,
+                                                                      word: str) -> None:
+    from pipeline.tokens.incremental import _word_tail
+
+    tokenizer = IncrementalTokenizer(text_tokenizer)
+    assert _word_tail(word) == tokenizer._tail_kind(word, arriving=False)

@@ -19,6 +19,7 @@ from pipeline.engine.types import FeedRequest, HeadOutputs
 from workers.stream.app import build_worker
 from workers.stream.health import WorkerHealth
 from workers.stream.metrics import StreamMetrics
+from workers.stream.worker import ProducerFactory
 
 
 class BreakableEngine:
@@ -45,10 +46,11 @@ class BreakableEngine:
 
 
 class InProcessWorker:
-    def __init__(self, settings: Settings, engine: Any = None) -> None:
+    def __init__(self, settings: Settings, engine: Any = None, producer_factory: ProducerFactory | None = None) -> None:
         self.metrics = StreamMetrics()
         self.health = WorkerHealth(settings.health_stall_s, settings.health_grace_s)
-        self.worker = build_worker(settings, self.metrics, engine=engine, health=self.health)
+        self.worker = build_worker(settings, self.metrics, engine=engine, health=self.health,
+                                   producer_factory=producer_factory)
         self.stop_event = threading.Event()
         self.code: int | None = None
         self.error: BaseException | None = None

@@ -30,7 +30,7 @@ from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
-             "progress_every_tokens", "device")
+             "progress_every_tokens", "device", "engine_threads", "engine_spin_wait")
 
 USER_TEXT = ("Could you explain how photosynthesis works in simple terms, and why plants need sunlight, "
              "water and carbon dioxide to grow?")

@@ -33,7 +33,8 @@ def register(sub: Any) -> None:
                              "0.6b is the real model's shape; --quick always uses tiny)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"Result directory (default {DEFAULT_OUT})")
     parser.add_argument("--quick", action="store_true", help="Tiny sizes: a smoke run in seconds")
-    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: all usable cores)")
+    parser.add_argument("--threads", type=int, default=0, help="ORT intra-op threads (default: chosen per device and "
+                        "model size, see --engine-threads of the worker)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
                         help="Precision of the --size export (default fp32; fp16 is for the CUDA provider)")
     parser.add_argument("--contexts", default="", metavar="N,N,...",
@@ -51,7 +52,7 @@ def register(sub: Any) -> None:
     parser.add_argument("--process-seconds", type=float, default=10.0, help="--processes: timed seconds per N")
     parser.add_argument("--no-baseline", action="store_true",
                         help="Skip the re-run-the-prefix baseline (it dominates the run time at long contexts)")
-    add_settings_arguments(parser, ["state_dir", "device", "max_batch_tokens"])
+    add_settings_arguments(parser, ["state_dir", "device", "max_batch_tokens", "engine_spin_wait"])
     parser.set_defaults(func=run)
 
 
@@ -78,7 +79,8 @@ def run(args: argparse.Namespace) -> int:
 
     engine = OnnxStreamEngine.from_dir(export_dir, device=settings.device,
                                        kv_cache_bytes=int(args.kv_cache_gib * 2**30),
-                                       threads=args.threads or None, max_batch_tokens=settings.max_batch_tokens,
+                                       threads=args.threads or None, spin_wait=settings.engine_spin_wait,
+                                       max_batch_tokens=settings.max_batch_tokens,
                                        max_batch_context=args.max_batch_context or DEFAULT_MAX_BATCH_CONTEXT)
     plan = _plan(args)
     started, load_before = time.monotonic(), os.getloadavg()
@@ -86,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     report = {
         "command": "guardstream bench engine " + " ".join(_argv(args)),
         "machine": machine_description(engine.session.get_providers()),
+        "intra_op_threads": engine.session.get_session_options().intra_op_num_threads,
+        "spin_wait": settings.engine_spin_wait,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "model": {"name": engine.model_name, "precision": engine.info.precision,
                   "layers": engine.info.num_layers, "kv_bytes_per_token": engine.info.kv_bytes_per_token},
@@ -208,6 +212,10 @@ def _argv(args: argparse.Namespace) -> list[str]:
             parts.append(f"{flag} {value}")
     if args.no_baseline:
         parts.append("--no-baseline")
+    if args.threads:
+        parts.append(f"--threads {args.threads}")
+    if args.engine_spin_wait:
+        parts.append("--engine-spin-wait")
     if args.processes:
         parts.append(f"--processes {args.processes} --process-batch {args.process_batch} "
                      f"--process-seconds {args.process_seconds:g}")

@@ -35,7 +35,7 @@ from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
-             "progress_every_tokens", "device")
+             "progress_every_tokens", "device", "engine_threads", "engine_spin_wait")
 DEFAULT_OUT = "bench-results/worker"
 MODES = ("passthrough", "worker", "worker-stages")
 
@@ -491,7 +491,7 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     engine = processor.engine
     clock.hook(worker, "kafka consume + loop", ("step",))
     clock.hook(worker, "partition recovery (start-up)", ("_on_assign",))
-    clock.hook(worker, "kafka transaction", ("_commit",))
+    clock.hook(worker.transactions, "kafka transaction", ("commit",))
     clock.hook(worker, "metrics + bookkeeping", ("_after_batch",))
     # Decoding and validating a delta is one call (pipeline.intake.accept) looked up in processing's namespace.
     processing.accept = clock.wrap("decode", processing.accept)
@@ -499,7 +499,11 @@ def attach_stage_clock(clock: StageClock, worker: Any) -> None:
     clock.hook(worker.store, "redis", ("load", "load_with_watermarks", "watermarks", "write", "held_index"))
     clock.hook(scorer, "score", ("apply", "expire", "end", "pending", "absorb", "absorb_batch"))
     clock.hook(scorer, "state codec", ("new_state", "decode_state", "encode_state", "tombstone"))
-    clock.hook(scorer.renderer, "render", ("must_wait", "begin", "add_text", "close"))
+    clock.hook(scorer.renderer, "render", ("render", "resume", "request", "take", "must_wait", "begin", "add_text",
+                                          "close"))
+    incremental = getattr(scorer.renderer, "incremental", None)
+    if incremental is not None:
+        clock.hook(incremental, "incremental tokenizer", ("feed", "finish"))
     clock.hook(scorer.text, "tokenize", ("encode_template", "encode_text", "encode_text_spans", "pre_tokenize",
                                          "tokenize_piece", "decode"))
     clock.hook(engine, "engine host side", ("run", "evict"))
@@ -539,7 +543,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         t = r["threads_cpu_us_per_delta"]
         rows.append(f"| {r['mode']} | {r['deltas']:,} | {r['deltas_per_s']:,.0f} | {r['cpu_us_per_delta']:.1f} | "
                     f"{t.get('loop thread', 0):.1f} | {t.get('librdkafka threads', 0):.1f} | "
-                    f"{t.get('other threads', 0):.1f} | {t.get('ended threads + rounding', 0):.1f} | "
+                    f"{t.get('other threads', 0):.1f} | {t.get('ended threads', 0):.1f} | "
                     f"{r['outputs']:,} |")
     ratio = report["cpu_ratio_worker_to_passthrough"]
     lines = ["Worker vs bare pass-through (backlog drain, one token per delta)", "", *rows, "",

@@ -17,6 +17,7 @@ from confluent_kafka import KafkaException
 from pipeline.config import Settings
 from pipeline.errors import UserError
 from pipeline.intake import InputLimits
+from pipeline.kafka.clients import make_producer
 from pipeline.labels import LabelMaps, read_label_maps
 from pipeline.logging import configure_logging
 from pipeline.policy import load_policy_book
@@ -34,7 +35,7 @@ from workers.stream.startup import (
     wait_for_redis,
     wait_for_topics,
 )
-from workers.stream.worker import EXIT_DEPENDENCY, StreamWorker
+from workers.stream.worker import EXIT_DEPENDENCY, ProducerFactory, StreamWorker
 
 log = logging.getLogger("guardstream.stream")
 
@@ -66,11 +67,12 @@ def load_labels_and_tokenizer(model: str) -> tuple[LabelMaps, Any]:
 
 def build_worker(
     settings: Settings, metrics: StreamMetrics, engine: Any = None, health: WorkerHealth | None = None,
-    startup_wait_s: float | None = None,
+    startup_wait_s: float | None = None, producer_factory: ProducerFactory | None = None,
 ) -> StreamWorker:
     """Everything but the Kafka clients, which the worker opens in run().
 
     Waits up to ``startup_wait_s`` (default: ``health_grace_s``) for Redis and Kafka to answer.
+    ``producer_factory`` opens the transactional producer (default: make_producer).
     """
     from pipeline.scoring.scorer import Scorer
 
@@ -98,7 +100,8 @@ def build_worker(
     name = worker_name(settings)
     processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms,
                                InputLimits.of(settings))
-    return StreamWorker(settings, processor, store, metrics, name, health=health)
+    return StreamWorker(settings, processor, store, metrics, name, health=health,
+                        producer_factory=producer_factory or make_producer)
 
 
 def run_stream_worker(settings: Settings, stop: threading.Event | None = None) -> int:

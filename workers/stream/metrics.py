@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Mapping
-from typing import Any
+import logging
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from pipeline.dlq import reason_class
+from schemas.messages import DlqRecord
+
+if TYPE_CHECKING:
+    from workers.stream.processing import BatchOutcome
+
+log = logging.getLogger("guardstream.stream")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
@@ -97,3 +106,30 @@ def brokers_up(stats: dict[str, Any]) -> bool:
     brokers = stats.get("brokers") or {}
     return any(isinstance(b, dict) and b.get("nodeid", -1) >= 0 and b.get("state") == "UP"
                for b in brokers.values())
+
+
+def observe_batch(metrics: StreamMetrics, outcome: BatchOutcome, seconds: float) -> None:
+    """What one committed micro-batch did."""
+    m = metrics
+    m.deltas.inc(outcome.deltas)
+    m.tokens.inc(outcome.tokens_scored)
+    m.kv_cache_lookups.inc(outcome.cache_lookups)
+    m.kv_cache_hits.inc(outcome.cache_hits)
+    m.batch_deltas.observe(outcome.deltas)
+    m.batch_tokens.observe(outcome.tokens_scored)
+    m.batch_conversations.observe(outcome.conversations_scored)
+    m.batch_seconds.observe(seconds)
+    for verdict in outcome.verdicts:
+        m.verdicts.labels(kind=verdict.kind, risk=verdict.risk, action=verdict.action).inc()
+        if verdict.latency_ms is not None:
+            m.verdict_latency.observe(max(0, verdict.latency_ms) / 1000.0)
+    for rec in outcome.dlq:
+        m.dlq.labels(reason=reason_class(rec.reason)).inc()
+    _log_dlq(outcome.dlq)
+
+
+def _log_dlq(records: Sequence[DlqRecord]) -> None:
+    for rec in records:
+        log.info("input sent to the DLQ", extra={
+            "reason": rec.reason, "source_topic": rec.source_topic, "source_partition": rec.source_partition,
+            "source_offset": rec.source_offset, "conversation_id": rec.conversation_id})

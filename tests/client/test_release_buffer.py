@@ -31,8 +31,9 @@ def test_guarded_mode_never_releases_after_a_block() -> None:
     buf = ReleaseBuffer("guarded")
     for text in ("a", "b", "c"):
         buf.write(text)
-    event = buf.on_verdict(verdict("flag", action="block", risk="unsafe"))
-    assert event.blocked is not None and not event.retracted
+    block = verdict("flag", action="block", risk="unsafe")
+    event = buf.on_verdict(block)
+    assert event.blocked == block and not event.retracted and event.released == ""
     assert buf.on_verdict(verdict("progress", cleared=2)).released == ""
     assert buf.write("d")[1].released == ""
 
@@ -40,8 +41,9 @@ def test_guarded_mode_never_releases_after_a_block() -> None:
 def test_optimistic_mode_shows_at_once_and_retracts_on_block() -> None:
     buf = ReleaseBuffer("optimistic")
     assert buf.write("Sure, ")[1].released == "Sure, "
-    event = buf.on_verdict(verdict("flag", action="block", risk="unsafe"))
-    assert event.retracted and event.blocked is not None
+    block = verdict("flag", action="block", risk="unsafe")
+    event = buf.on_verdict(block)
+    assert event.retracted and event.blocked == block and event.final is None
     assert buf.write("more")[1].released == ""
 
 
@@ -49,5 +51,6 @@ def test_allowing_final_verdict_releases_the_rest_even_without_watermark() -> No
     buf = ReleaseBuffer("guarded")
     for text in ("x", "y"):
         buf.write(text)
-    event = buf.on_verdict(verdict("final"))
-    assert event.released == "xy" and event.final is not None
+    final = verdict("final")
+    event = buf.on_verdict(final)
+    assert event.released == "xy" and event.final == final and event.blocked is None
