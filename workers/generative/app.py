@@ -90,6 +90,7 @@ from workers.generative.assembly import (
     stranded_messages,
 )
 from workers.generative.batcher import RulingBatcher
+from workers.generative.continuity import KafkaLogProbe, OffsetContinuity, Step
 from workers.generative.drafts import (
     CHANGELOG_RECORD_LIMIT,
     RECORD_OVERHEAD,
@@ -136,8 +137,13 @@ class ConversationRuler:
 
     def __init__(self, *, table: Any, store: DraftStore, verdicts_topic: Any, dlq_topic: Any,
                  batcher: RulingBatcher, policies: PolicyBook, model_name: str, settings: Settings,
-                 metrics: GenMetrics, dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES) -> None:
+                 metrics: GenMetrics, dlq_max_bytes: int = DEFAULT_MESSAGE_MAX_BYTES,
+                 continuity: OffsetContinuity | None = None,
+                 seek: Callable[[Any, int], Awaitable[Any]] | None = None) -> None:
         self.table = table
+        # Both or neither: without them (unit tests) every event is handled as it comes.
+        self.continuity = continuity
+        self.seek = seek
         self.store = store
         self.verdicts_topic = verdicts_topic
         self.dlq_topic = dlq_topic
@@ -159,6 +165,17 @@ class ConversationRuler:
 
     # --- the agent's entry point ----------------------------------------------------------------
     async def on_event(self, event: Any) -> None:
+        if self.continuity is not None and self.seek is not None:
+            tp, offset = event.message.tp, event.message.offset
+            step = await self.continuity.step(tp, offset)
+            if step is Step.DROP:
+                return
+            if step is Step.REWIND:
+                self.metrics.input_rewinds.inc()
+                expected = self.continuity.expected(tp)
+                assert expected is not None
+                await self.seek(tp, expected)
+                return
         self.metrics.deltas.inc()
         # The event takes its place in its partition's ack order on arrival, not when its handling
         # ends: an event whose handling raises then holds back the acks of every later event of its
@@ -427,6 +444,8 @@ class ConversationRuler:
         unacked offset; so those events are never acked. Their rulings still run and land; the
         replayed events wait for them (see _schedule).
         """
+        if self.continuity is not None:
+            self.continuity.forget(revoked)
         dropped = 0
         for tp in revoked:
             queue = self._ack_order.pop(tp, None)
@@ -614,7 +633,10 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     dlq_limit = await loop.run_in_executor(None, dlq_max_bytes, settings)
     ruler = ConversationRuler(table=table, store=store, verdicts_topic=verdicts, dlq_topic=dlq, batcher=batcher,
                               policies=policies, model_name=gen.name, settings=settings, metrics=metrics,
-                              dlq_max_bytes=dlq_limit)
+                              dlq_max_bytes=dlq_limit,
+                              continuity=OffsetContinuity(KafkaLogProbe(settings),
+                                                          lambda call: loop.run_in_executor(None, call)),
+                              seek=lambda tp, offset: app.consumer.seek(tp, offset))
 
     connect_rebalances(app, table, ruler)
 

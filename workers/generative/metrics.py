@@ -44,6 +44,9 @@ class GenMetrics:
         self.handling_failures = Counter("guardstream_gen_handling_failures_total",
                                          "Events whose handling raised (not the input's fault); the worker exits",
                                          registry=r)
+        self.input_rewinds = Counter("guardstream_gen_input_rewinds_total",
+                                     "Input records skipped by the consumer and read again (a seek back)",
+                                     registry=r)
         self.draft_elided = Counter("guardstream_gen_draft_elided_messages_total",
                                     "Messages completed past gen_max_message_chars (middle elided)", registry=r)
         self.expired = Counter("guardstream_gen_expired_conversations_total",
