@@ -49,6 +49,7 @@ class WorkerProcess:
         if start_from is not None:   # None: the worker's default
             flags["--gen-start-from"] = start_from
         args = [sys.executable, "-m", "workers.generative", *[x for kv in flags.items() for x in kv]]
+        self.log_path = log_file
         self.log = log_file.open("ab")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ})
 
@@ -116,16 +117,35 @@ def _deltas(conversation_id: str, messages: list[tuple[str, str]]) -> list[Token
     return out
 
 
-def _wait_for_verdicts(settings: Settings, expected: set[str], timeout_s: float) -> list[Verdict]:
+def _wait_for_verdicts(settings: Settings, expected: set[str], timeout_s: float,
+                       worker: WorkerProcess | None = None) -> list[Verdict]:
+    """Every expected ruling, or an error that says what the worker did instead (exit, DLQ, log)."""
     deadline = time.monotonic() + timeout_s
     verdicts: list[Verdict] = []
     while time.monotonic() < deadline:
         verdicts = consume_verdicts(settings, timeout_s=30)
         if expected <= {v.verdict_id for v in verdicts}:
             return verdicts
+        if worker is not None and worker.proc.poll() is not None:
+            break   # nothing more will come
         time.sleep(3)
-    missing = expected - {v.verdict_id for v in verdicts}
-    raise AssertionError(f"no ruling for {sorted(missing)}")
+    missing = sorted(expected - {v.verdict_id for v in verdicts})
+    raise AssertionError(f"no ruling for {missing}{_what_happened(settings, missing, worker)}")
+
+
+def _what_happened(settings: Settings, missing: list[str], worker: WorkerProcess | None) -> str:
+    conversations = {m.split("/")[0] for m in missing}
+    dead = [msgspec.json.decode(r.value or b"", type=DlqRecord)
+            for r in consume_all(settings, settings.topic_dlq, timeout_s=30)]
+    reasons = [(d.conversation_id, d.reason) for d in dead if d.conversation_id in conversations]
+    lines = [f"DLQ records of those conversations: {reasons}"]
+    if worker is not None:
+        lines.append(f"worker exit code: {worker.proc.poll()}")
+        worker.log.flush()
+        notable = [line for line in worker.log_path.read_text(errors="replace").splitlines()
+                   if '"level": "warning"' in line or '"level": "error"' in line]
+        lines.append("worker warnings and errors (last 30):\n" + "\n".join(notable[-30:]))
+    return "\n" + "\n".join(lines)
 
 
 def _assert_valid(verdict: Verdict) -> None:
@@ -170,7 +190,7 @@ def test_every_message_gets_one_consistent_ruling_through_a_sigkill(gen_settings
     restarted = WorkerProcess(gen_settings, tmp_path / "worker.log")
     try:
         restarted.wait_ready()
-        verdicts = _wait_for_verdicts(gen_settings, expected, timeout_s=600)
+        verdicts = _wait_for_verdicts(gen_settings, expected, timeout_s=600, worker=restarted)
         assert restarted.terminate() == 0   # graceful on SIGTERM
     finally:
         restarted.close()

@@ -9,6 +9,8 @@ from typing import Any
 import jsonschema
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from schemas.generate import FILES, SCHEMA_DIR, render
 from schemas.messages import (
@@ -21,6 +23,7 @@ from schemas.messages import (
     MessageError,
     TokenDelta,
     Verdict,
+    _check_keys_unique,
     decode_delta,
     decode_verdict,
     encode,
@@ -204,3 +207,29 @@ def test_the_largest_allowed_integers_are_accepted_and_documented_in_the_schema(
                 for option in prop.get("anyOf", [prop]):
                     if option.get("type") == "integer":
                         assert option.get("maximum", 2**64) <= 2**63 - 1, name
+
+
+_FIELD = st.sampled_from(["conversation_id", "message_index", "role", "seq", "text", "tenant", "ts_ms", "final"])
+_SCALAR = st.one_of(st.integers(0, 9), st.booleans(), st.none(),
+                    st.text(alphabet='ab:," \\{}seqtx', max_size=12))
+_SPACE = st.sampled_from(["", " ", "\n", " \t"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(pairs=st.lists(st.tuples(_FIELD, _SCALAR), min_size=1, max_size=8), gap=_SPACE, escape=st.booleans())
+def test_the_duplicate_key_check_agrees_with_a_full_parse(pairs: list[tuple[str, Any]], gap: str,
+                                                          escape: bool) -> None:
+    """The fast key scan (no backslash in the message) refuses exactly the objects a full parse finds
+    a repeated key in, whatever the values hold: quotes, colons, key names."""
+    def key(name: str) -> str:
+        return "\\u0073" + name[1:] if escape and name.startswith("s") else name   # "seq" spelt in escapes
+
+    body = "{" + ",".join(f'{gap}"{key(k)}"{gap}:{gap}{json.dumps(v)}' for k, v in pairs) + "}"
+    raw = body.encode()
+    json.loads(raw)   # the generator makes valid JSON
+    duplicated = len({k for k, _ in pairs}) < len(pairs)
+    if duplicated:
+        with pytest.raises(MessageError, match="duplicate key"):
+            _check_keys_unique(raw)
+    else:
+        _check_keys_unique(raw)

@@ -18,11 +18,19 @@ Crash safety (at-least-once, duplicates identical):
   a chunk missing from the changelog or a message whose ruling was not delivered. (Table writes
   bypass ``table[key] = value``: faust's commit-time flush can give up with changelog writes
   still buffered; see ``_store``.)
+- An event takes its slot in the per-partition ack order on arrival: if its handling raises,
+  later events are never acked past it and the worker exits (EXIT_WRITE_FAILED) to redo it.
 - After SIGKILL the table comes back from its changelog (possibly ahead of the committed
   offset) and the uncommitted events are replayed. Applying a delta is idempotent; a replayed
   event re-triggers every complete message that is not marked ruled, so a ruling that was lost
   is computed again. "Ruled" marks are folded into the table when the next event of that
   conversation is processed, so a message is ruled again only if its marker had not landed yet.
+- Every completed recovery also rules what the recovered drafts hold complete and unruled, with
+  no event: a quiet conversation whose complete message is in the changelog but whose events are
+  not replayed would otherwise wait forever (``on_recovery_completed``).
+- On a rebalance the ack order of revoked partitions is dropped (their events are re-read from
+  the committed offset if they come back), and an event needing a ruling already in flight waits
+  for it, whichever event or recovery started it (``on_partitions_revoked``, ``_schedule``).
 - Re-rulings are identical: greedy decoding of the same rendered text (readiness and context
   depend only on the conversation's content, see assembly), and ``verdict_id`` is
   ``{conversation}/{message}/generative/final/0``, so consumers dedupe on it. Scores are rounded
@@ -48,7 +56,7 @@ import functools
 import signal
 import time
 from collections import defaultdict, deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +74,7 @@ from pipeline.logging import configure_logging, get_logger
 from pipeline.ops.ports import start_ops_server
 from pipeline.ops.server import OpsServer
 from pipeline.policy import PolicyBook, load_policy_book
-from pipeline.state.keys import conversation_key
+from pipeline.state.keys import conversation_key, parse_conversation_key
 from schemas.messages import DlqRecord, MessageError, TokenDelta, bounded, encode
 from workers.generative.assembly import (
     AssemblyError,
@@ -139,6 +147,7 @@ class ConversationRuler:
         self.settings = settings
         self.metrics = metrics
         self.write_failure: BaseException | None = None   # set once a Kafka write failed: the worker exits
+        self.handling_failure: BaseException | None = None  # set once an event's handling raised: the worker exits
         self.limits = InputLimits.of(settings)
         self.dlq_max_bytes = dlq_max_bytes
         self._inflight: dict[tuple[bytes, int], asyncio.Future[None]] = {}
@@ -151,34 +160,44 @@ class ConversationRuler:
     # --- the agent's entry point ----------------------------------------------------------------
     async def on_event(self, event: Any) -> None:
         self.metrics.deltas.inc()
+        # The event takes its place in its partition's ack order on arrival, not when its handling
+        # ends: an event whose handling raises then holds back the acks of every later event of its
+        # partition, instead of being stepped over by them (and the worker exits to redo it).
+        entry = self._enter(event)
+        try:
+            await self._handle(event, entry)
+        except Exception as exc:
+            self._handling_failed(exc, event)
+
+    async def _handle(self, event: Any, entry: _AckEntry) -> None:
         try:
             delta = accept(_bytes_or_none(event.key), _bytes_or_none(event.value), self.limits)
         except MessageError as exc:
             await self._dead_letter(event, str(exc), None)
-            self._ack_when_done(event, [])
+            self._ack_when_done(entry, [])
             return
         # The draft key is the shared injective state key (pipeline.state.keys): tenants never share a draft.
         key = conversation_key(delta.tenant, delta.conversation_id).encode("utf-8")
         self._busy[key] += 1
         try:
-            await self._on_delta(event, key, delta)
+            await self._on_delta(event, entry, key, delta)
         finally:
             self._busy[key] -= 1
             if not self._busy[key]:
                 del self._busy[key]
 
-    async def _on_delta(self, event: Any, key: bytes, delta: TokenDelta) -> None:
+    async def _on_delta(self, event: Any, entry: _AckEntry, key: bytes, delta: TokenDelta) -> None:
         partition = event.message.partition
         draft = self.store.get(key)
         if draft is not None and draft.partition != partition:
             await self._dead_letter(event, f"conversation arrived on partition {partition} but its draft is on "
                                            f"partition {draft.partition}: the Kafka key must equal conversation_id",
                                     delta.conversation_id)
-            self._ack_when_done(event, [])
+            self._ack_when_done(entry, [])
             return
         pending = self._record_delivered(key, draft) if draft is not None else []
         if delta.type == "end":
-            await self._end_conversation(event, key, delta, draft, pending)
+            await self._end_conversation(event, entry, key, delta, draft, pending)
             return
         fresh = draft is None
         if draft is None:
@@ -192,7 +211,7 @@ class ConversationRuler:
             applied = apply_chunk(draft, op, self.store.limits)
         except AssemblyError as exc:
             await self._dead_letter(event, str(exc), delta.conversation_id)
-            self._ack_when_done(event, pending)
+            self._ack_when_done(entry, pending)
             return
         if applied:
             if fresh:
@@ -204,8 +223,8 @@ class ConversationRuler:
                 if message.elided_chars:
                     self.metrics.draft_elided.inc()
         self.metrics.conversations.set(len(self.store))
-        pending += await self._schedule(event, key, delta, draft)
-        self._ack_when_done(event, pending)
+        pending += await self._schedule(event, key, delta.conversation_id, delta.ts_ms, draft)
+        self._ack_when_done(entry, pending)
 
     # --- the changelog -------------------------------------------------------------------------
     # faust's commit-time producer flush gives up after 0.1 s with messages still buffered, so a
@@ -239,17 +258,24 @@ class ConversationRuler:
         return writes
 
     # --- rulings -----------------------------------------------------------------------------
-    async def _schedule(self, event: Any, key: bytes, delta: TokenDelta,
+    async def _schedule(self, event: Any | None, key: bytes, conversation_id: str, sent_ms: int | None,
                         draft: ConversationDraft) -> list[asyncio.Future[None]]:
+        """Start the rulings the draft is ready for; returns every ruling the event must wait for."""
         scheduled: list[asyncio.Future[None]] = []
         for index, request in ready_for_ruling(draft).items():
-            # Already in flight: an earlier event of this conversation (same partition, lower
-            # offset) holds the commit back until it is delivered, so this event need not wait.
-            if (key, index) in self._inflight or index in self._delivered.get(key, ()):
+            if index in self._delivered.get(key, ()):
+                continue
+            inflight = self._inflight.get((key, index))
+            if inflight is not None:
+                # Started by another event or by the recovery sweep. This event waits for it too:
+                # after a rebalance the event that started it may be one whose ack was dropped
+                # (see on_partitions_revoked), so nothing else would hold the commit back.
+                scheduled.append(inflight)
                 continue
             await self._capacity.acquire()
             self.metrics.inflight.inc()
-            future = asyncio.ensure_future(self._rule_and_emit(event, key, delta, draft, index, request))
+            future = asyncio.ensure_future(
+                self._rule_and_emit(event, key, conversation_id, sent_ms, draft, index, request))
             self._inflight[(key, index)] = future
             future.add_done_callback(functools.partial(self._on_ruling_done, key, index))
             scheduled.append(future)
@@ -260,22 +286,25 @@ class ConversationRuler:
         self._capacity.release()
         self.metrics.inflight.dec()
 
-    async def _rule_and_emit(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft, index: int,
-                             request: ModerationRequest) -> None:
+    async def _rule_and_emit(self, event: Any | None, key: bytes, conversation_id: str, sent_ms: int | None,
+                             draft: ConversationDraft, index: int, request: ModerationRequest) -> None:
         started = time.perf_counter()
-        conversation_id = delta.conversation_id
         try:
             ruling: GenRuling = await self.batcher.submit(request)
         except Exception as exc:
             self.metrics.ruling_failures.inc()
             log.error("ruling failed", extra={"conversation_id": conversation_id, "message_index": index,
                                               "error": repr(exc)})
-            await self._dead_letter(event, f"generative ruling failed for message {index}: {exc}", conversation_id)
+            if event is not None:
+                await self._dead_letter(event, f"generative ruling failed for message {index}: {exc}",
+                                        conversation_id)
+            # From the recovery sweep there is no input record to dead-letter: the message stays
+            # unruled, so the next event of its conversation or the next recovery tries again.
             return
         verdict = generative_verdict(
             conversation_id=conversation_id, message_index=index, role=draft.messages[index].role,
             tenant=draft.tenant, ruling=ruling, policies=self.policies, model=self.model_name,
-            now_ms=now_ms(), sent_ms=delta.ts_ms,
+            now_ms=now_ms(), sent_ms=sent_ms,
         )
         delivery = await self.verdicts_topic.send(key=conversation_id.encode("utf-8"), value=encode(verdict),
                                                   force=True)
@@ -299,16 +328,21 @@ class ConversationRuler:
                 changed = True
         return changed
 
-    def _ack_when_done(self, event: Any, pending: Sequence[Any]) -> None:
-        """Ack ``event`` once ``pending`` is done, and never before the partition's earlier events.
+    def _enter(self, event: Any) -> _AckEntry:
+        """The event's place in its partition's ack order."""
+        entry = _AckEntry(event)
+        self._ack_order[event.message.tp].append(entry)
+        return entry
+
+    def _ack_when_done(self, entry: _AckEntry, pending: Sequence[Any]) -> None:
+        """Ack the entry's event once ``pending`` is done, and never before the partition's earlier events.
 
         In-order acks per partition: faust 0.15's commit logic can step over a single unacked
         offset when the one after it is acked (and checks nothing while the committed offset is
         0), so out-of-order acks could commit past a message whose ruling never landed.
         """
-        entry = _AckEntry(event)
+        event = entry.event
         queue = self._ack_order[event.message.tp]
-        queue.append(entry)
         if not pending:
             entry.done = True
             self._release_acks(queue)
@@ -324,11 +358,21 @@ class ConversationRuler:
                 self._write_failed(failures[0], event.message.partition, event.message.offset)
                 return
             entry.done = True
-            self._release_acks(queue)
+            self._release_acks(self._ack_order[event.message.tp])
 
         task = asyncio.ensure_future(ack_later())
         self._ackers.add(task)
         task.add_done_callback(self._ackers.discard)
+
+    def _handling_failed(self, error: Exception, event: Any) -> None:
+        """An event's handling raised: its ack never goes out, so its partition stops committing; the worker exits."""
+        self.metrics.handling_failures.inc()
+        message = event.message
+        log.error("event handling failed; the worker exits so that its uncommitted events are redone",
+                  exc_info=error, extra={"error": repr(error)[:300], "partition": message.partition,
+                                         "offset": message.offset})
+        if self.handling_failure is None:
+            self.handling_failure = error
 
     def _write_failed(self, error: BaseException, partition: int, offset: int | None) -> None:
         self.metrics.write_failures.inc()
@@ -357,13 +401,13 @@ class ConversationRuler:
         while queue and queue[0].done:
             queue.popleft().event.ack()
 
-    async def _end_conversation(self, event: Any, key: bytes, delta: TokenDelta, draft: ConversationDraft | None,
-                                pending: list[Any]) -> None:
+    async def _end_conversation(self, event: Any, entry: _AckEntry, key: bytes, delta: TokenDelta,
+                                draft: ConversationDraft | None, pending: list[Any]) -> None:
         if draft is not None:
             # Rulings still running must land before the state goes: a replay after a crash could
             # not rebuild the conversation from the events that are left.
             waiting = [f for (k, _), f in list(self._inflight.items()) if k == key]
-            waiting += await self._schedule(event, key, delta, draft)
+            waiting += await self._schedule(event, key, delta.conversation_id, delta.ts_ms, draft)
             if waiting:
                 await asyncio.gather(*waiting, return_exceptions=True)
             for index in stranded_messages(draft):
@@ -371,7 +415,60 @@ class ConversationRuler:
                                                "never arrived complete", delta.conversation_id)
             pending = [*pending, *self._forget(key, draft)]
         self._delivered.pop(key, None)
-        self._ack_when_done(event, pending)
+        self._ack_when_done(entry, pending)
+
+    # --- rebalances --------------------------------------------------------------------------------
+    def on_partitions_revoked(self, revoked: set[Any]) -> None:
+        """Forget the ack order of revoked partitions: their uncommitted events are read again.
+
+        faust drops its own ack bookkeeping of a revoked partition and, if the partition comes
+        back, re-reads it from the committed offset. An ack of an event of the old assignment would
+        then land in the new assignment's bookkeeping, where faust's commit can step over a single
+        unacked offset; so those events are never acked. Their rulings still run and land; the
+        replayed events wait for them (see _schedule).
+        """
+        dropped = 0
+        for tp in revoked:
+            queue = self._ack_order.pop(tp, None)
+            if queue:
+                dropped += len(queue)
+                queue.clear()
+        if revoked:
+            log.info("partitions revoked", extra={"partitions": len(revoked), "unacked_events_dropped": dropped})
+
+    def on_recovery_completed(self, settled: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Rule what the recovered drafts hold complete and unruled, without waiting for an event.
+
+        A message whose last chunk is in the changelog is complete after recovery whatever the
+        committed offset of guard.in says; if no event of its conversation is replayed or arrives
+        later (the conversation is quiet), nothing else would ever rule it. The rulings start once
+        ``settled`` returns (faust has seeked the input partitions and resumed them), so that model
+        work does not compete with faust's own start-up of the stream.
+        """
+        for key in [k for k in self._delivered if self.store.get(k) is None]:
+            del self._delivered[key]    # its draft went with a revoked partition
+        task = asyncio.ensure_future(self._rule_recovered(settled))
+        self._ackers.add(task)
+        task.add_done_callback(self._ackers.discard)
+
+    async def _rule_recovered(self, settled: Callable[[], Awaitable[Any]] | None) -> None:
+        if settled is not None:
+            await settled()
+        started: list[asyncio.Future[None]] = []
+        for key, draft in list(self.store.drafts.items()):
+            if self.store.get(key) is not draft or not ready_for_ruling(draft):
+                continue
+            try:
+                _, conversation_id = parse_conversation_key(key.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError):
+                continue    # not a key this worker wrote
+            started += await self._schedule(None, key, conversation_id, None, draft)
+        if started:
+            log.info("recovered drafts: rulings started", extra={"rulings": len(started)})
+            results = await asyncio.gather(*started, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, BaseException)]
+            if failures:
+                self._write_failed(failures[0], -1, None)
 
     # --- idle expiry -----------------------------------------------------------------------------
     def expire_idle(self, now_s: float) -> int:
@@ -470,6 +567,20 @@ def build_app(settings: Settings, partitions: int, store: DraftStore) -> tuple[A
     return app, in_topic, table, verdicts, dlq
 
 
+def connect_rebalances(app: Any, table: Any, ruler: ConversationRuler) -> None:
+    """The ruler hears of revoked partitions (faust's signal) and of each completed table recovery."""
+
+    async def revoked(_sender: Any, revoked: set[Any], **_: Any) -> None:
+        ruler.on_partitions_revoked(revoked)
+
+    async def recovered() -> None:
+        # faust sets recovery.completed after seeking the input partitions to their committed offsets
+        ruler.on_recovery_completed(app.tables.recovery.completed.wait)
+
+    app.on_partitions_revoked.connect(revoked)
+    table.on_recover(recovered)
+
+
 async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
                 stop: asyncio.Event | None = None) -> int:
     """Load the model, run the faust app until ``stop`` (or SIGTERM/SIGINT), shut down cleanly."""
@@ -505,6 +616,8 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
                               policies=policies, model_name=gen.name, settings=settings, metrics=metrics,
                               dlq_max_bytes=dlq_limit)
 
+    connect_rebalances(app, table, ruler)
+
     async def moderate(stream: Any) -> None:
         async for event in stream.noack().events():
             await ruler.on_event(event)
@@ -527,7 +640,7 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
                 exit_code = 1
                 log.error("faust app crashed; stopping", extra={"reason": repr(getattr(app, "crash_reason", None))})
                 break
-            if ruler.write_failure is not None:
+            if ruler.write_failure is not None or ruler.handling_failure is not None:
                 exit_code = EXIT_WRITE_FAILED
                 break
             if time.monotonic() >= next_sweep:

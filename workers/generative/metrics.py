@@ -41,6 +41,9 @@ class GenMetrics:
         self.write_failures = Counter("guardstream_gen_write_failures_total",
                                       "Kafka writes (changelog, verdicts, DLQ) not delivered; the worker exits",
                                       registry=r)
+        self.handling_failures = Counter("guardstream_gen_handling_failures_total",
+                                         "Events whose handling raised (not the input's fault); the worker exits",
+                                         registry=r)
         self.draft_elided = Counter("guardstream_gen_draft_elided_messages_total",
                                     "Messages completed past gen_max_message_chars (middle elided)", registry=r)
         self.expired = Counter("guardstream_gen_expired_conversations_total",
