@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.errors import UserError
+from pipeline.tokens.files import TOKENIZER_FILES
 
 MODEL_FILE = "model.onnx"
 CONFIG_FILE = "config.json"
@@ -18,9 +19,9 @@ WRITER_FILE = "kv_writer.onnx"
 # The graph's KV contract (docs/onnx-export.md): past inputs are fixed-capacity buffers with a key
 # mask, outputs are only the new tokens' keys and values. Exports without it use an older contract.
 KV_LAYOUT = "buffer-in-place-v1"
+# What an export copies next to its graph: the tokenizer files plus the checkpoint's other companions.
 TOKENIZER_FILE_NAMES: tuple[str, ...] = (
-    "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
-    "special_tokens_map.json", "added_tokens.json", "generation_config.json",
+    *TOKENIZER_FILES, "special_tokens_map.json", "added_tokens.json", "generation_config.json",
 )
 
 

@@ -28,14 +28,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.decision import SCORE_DIGITS, PairEvent, Risk, decide_prompt, judge_tokens, softmax_scores
+from pipeline.decision import SCORE_DIGITS, PairEvent, decide_prompt, judge_tokens, softmax_scores
 from pipeline.engine.types import HeadOutputs
 from pipeline.labels import LabelMaps, long_category, risk_name
 from pipeline.policy import PolicyBook, TenantPolicy
 from pipeline.scoring.render import ScoredRows, Taken
 from pipeline.scoring.state import ConversationState
 from pipeline.scoring.verdicts import cleared_through, message_final, message_flag, message_progress
-from schemas.messages import Verdict
+from schemas.messages import Risk, Verdict
 
 _SAFE, _UNSAFE, _CONTROVERSIAL = 0, 1, 2       # codes of MessageScoring.labels
 _CODES: dict[str, int] = {"safe": _SAFE, "unsafe": _UNSAFE, "controversial": _CONTROVERSIAL}

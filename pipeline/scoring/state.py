@@ -16,9 +16,9 @@ from array import array
 
 import msgspec
 
-from pipeline.decision import ResponseDebouncer, Risk
+from pipeline.decision import ResponseDebouncer
 from pipeline.tokens.incremental import IncrementalState
-from schemas.messages import TokenDelta
+from schemas.messages import Risk, TokenDelta
 
 
 def pack(values: list[int] | array[int]) -> bytes:

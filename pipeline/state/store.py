@@ -16,13 +16,10 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import redis
-from redis import exceptions as redis_errors
 
 from pipeline.state.keys import held_index_key, watermark_key
 
 NO_WATERMARK = -1
-# Redis restarting (or loading its AOF) is an outage to wait out, not a reason to crash a worker.
-_TRANSIENT = (redis_errors.ConnectionError, redis_errors.TimeoutError, redis_errors.BusyLoadingError)
 T = TypeVar("T")
 log = logging.getLogger("guardstream.state")
 
@@ -107,14 +104,12 @@ class StateStore:
         group: str,
         ttl_s: int,
         observe_latency: Callable[[str, float], None] | None = None,
-        outage_limit_s: float = 300.0,
     ) -> None:
         self._redis = client
         self._group = group
         self._ttl_s = max(1, int(ttl_s))
         self._script = client.register_script(_FENCED_WRITE)
         self._observe = observe_latency or (lambda op, seconds: None)
-        self._outage_limit_s = outage_limit_s
         self._reported_corrupt: set[str] = set()
 
     def _watermark(self, key: str, value: bytes | str | None) -> int:
@@ -131,23 +126,13 @@ class StateStore:
                       extra={"key": key, "value": repr(bytes(value[:64]) if isinstance(value, bytes) else value[:64])})
         return NO_WATERMARK
 
-    def _retrying(self, op: str, call: Callable[[], T]) -> T:
-        """Run ``call``, retrying while Redis is unreachable, up to the outage limit."""
-        deadline = time.monotonic() + self._outage_limit_s
-        delay = 0.05
-        while True:
-            started = time.perf_counter()
-            try:
-                result = call()
-            except _TRANSIENT as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("redis unavailable; retrying", extra={"op": op, "error": str(exc)})
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            self._observe(op, time.perf_counter() - started)
-            return result
+    def _timed(self, op: str, call: Callable[[], T]) -> T:
+        """``call()`` once, its latency observed. Errors (redis.RedisError) propagate: retrying an
+        outage is the caller's job (the stream worker retries with back-off and health checks)."""
+        started = time.perf_counter()
+        result = call()
+        self._observe(op, time.perf_counter() - started)
+        return result
 
     def load(self, keys: Sequence[str]) -> dict[str, bytes]:
         """States of the given conversations; absent (new, ended or expired) ones are left out."""
@@ -162,7 +147,7 @@ class StateStore:
         everything = [*keys, *wm_keys]
         if not everything:
             return {}, {}
-        values = self._retrying("mget", lambda: self._redis.mget(everything))
+        values = self._timed("mget", lambda: self._redis.mget(everything))
         pairs = zip(keys, values[: len(keys)], strict=True)
         states = {k: v if isinstance(v, bytes) else v.encode() for k, v in pairs if v is not None}
         marks = {p: self._watermark(k, v) for p, k, v in zip(partitions, wm_keys, values[len(keys):], strict=True)}
@@ -174,7 +159,7 @@ class StateStore:
         if not parts:
             return {}
         wm_keys = [watermark_key(self._group, topic, p) for p in parts]
-        values = self._retrying("mget", lambda: self._redis.mget(wm_keys))
+        values = self._timed("mget", lambda: self._redis.mget(wm_keys))
         return {p: self._watermark(k, v) for p, k, v in zip(parts, wm_keys, values, strict=True)}
 
     def write(self, writes: Sequence[PartitionWrite]) -> list[WriteConflict]:
@@ -201,7 +186,7 @@ class StateStore:
                 self._script(keys=keys, args=args, client=pipe)
             return list(pipe.execute())
 
-        results = self._retrying("write", write_all)
+        results = self._timed("write", write_all)
         return [
             WriteConflict(w.topic, w.partition, w.expected_watermark, int(r))
             for w, r in zip(writes, results, strict=True)
@@ -215,7 +200,7 @@ class StateStore:
     def held_index(self, topic: str, partition: int) -> dict[str, bytes]:
         """The partition's conversations that hold out-of-order deltas: conversation key -> reference."""
         key = held_index_key(self._group, topic, partition)
-        raw = self._retrying("hgetall", lambda: self._redis.hgetall(key))
+        raw = self._timed("hgetall", lambda: self._redis.hgetall(key))
         return {(k.decode() if isinstance(k, bytes) else str(k)): (v if isinstance(v, bytes) else str(v).encode())
                 for k, v in raw.items()}
 

@@ -17,7 +17,6 @@ The baseline is the same worker with :class:`FullRecomputeEngine` (full re-run p
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import threading
 import time
@@ -26,8 +25,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
-from pipeline.errors import UserError
+from workers.bench.models import open_bench_engine
+from workers.bench.results import cpu_count, figure, parse_levels, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
              "progress_every_tokens", "device", "engine_threads", "engine_spin_wait")
@@ -79,15 +80,12 @@ class LevelResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.stack.probes import kafka_answers, redis_answers
-
     settings = settings_from_args(args)
-    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
-        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
-    levels = _levels(args.levels, (1, 5, 20) if args.quick else (1, 10, 100, 1000))
-    baseline_levels = _levels(args.baseline_levels, tuple(n for n in levels if n <= (5 if args.quick else 100)))
+    require_stack(settings)
+    levels = parse_levels(args.levels, (1, 5, 20) if args.quick else (1, 10, 100, 1000))
+    baseline_levels = parse_levels(args.baseline_levels, tuple(n for n in levels if n <= (5 if args.quick else 100)))
     user_text, assistant_text = (USER_TEXT[:60], ASSISTANT_TEXT[:120]) if args.quick else (USER_TEXT, ASSISTANT_TEXT)
-    engine, model_path, model_label = _engine(args.model, settings)
+    engine, model_path, model_label = open_bench_engine(args.model, settings)
     from workers.stream.baseline import FullRecomputeEngine
 
     results: list[LevelResult] = []
@@ -99,19 +97,14 @@ def run(args: argparse.Namespace) -> int:
                                args.rate, args.level_timeout_s)
             print("   " + _row(result), flush=True)
             results.append(result)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     payload = {"model": model_label, "rate_tokens_per_s_per_conversation": args.rate, "quick": args.quick,
-               "cpu_count": _cpu_count(), "partitions": settings.partitions,
+               "cpu_count": cpu_count(), "partitions": settings.partitions,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                # Other processes on the machine inflate latencies; the 1-minute load average says how much.
                "load_average_1m": round(os.getloadavg()[0], 2), "results": [asdict(r) for r in results]}
     payload["command"] = "guardstream bench e2e " + " ".join(_argv(args, settings))
-    (out / "e2e.json").write_text(json.dumps(payload, indent=2))
-    _plot(results, out / "e2e.png")
-    (out / "e2e.md").write_text(render_report(payload, results))
-    print(markdown_table(results))
-    print(f"wrote {out / 'e2e.json'}, {out / 'e2e.md'} and {out / 'e2e.png'}")
+    write_results(Path(args.out), "e2e", payload, lambda path: _plot(results, path), markdown_table(results),
+                  report=render_report(payload, results))
     return 0
 
 
@@ -167,46 +160,6 @@ def render_report(payload: dict[str, Any], results: list[LevelResult]) -> str:
         lines.append("")
     lines.append(TINY_LOAD_P99_NOTE)
     return "\n".join(lines) + "\n"
-
-
-def _levels(raw: str, default: tuple[int, ...]) -> tuple[int, ...]:
-    if not raw:
-        return default
-    try:
-        return tuple(int(x) for x in raw.split(",") if x.strip())
-    except ValueError:
-        raise UserError(f"levels must be comma-separated integers, got {raw!r}") from None
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def _engine(model: str, settings: Settings) -> tuple[Any, str, str]:
-    """(engine, folder with config.json and tokenizer, label)."""
-    from pipeline.onnx.loader import open_stream_engine
-
-    if model:
-        return open_stream_engine(model, settings), model, model
-    folder = tiny_export_dir(settings)
-    return open_stream_engine(str(folder), settings), str(folder), "random tiny checkpoint (ONNX fp32)"
-
-
-def tiny_export_dir(settings: Settings) -> Path:
-    """The random tiny checkpoint's fp32 export, made once under the state dir."""
-    from pipeline.onnx.layout import KV_LAYOUT, has_current_layout
-
-    # The layout in the name: an export made for an older engine is left alone, a new one is made.
-    folder = Path(settings.state_dir) / "bench" / f"tiny-random-onnx-{KV_LAYOUT}"
-    if not has_current_layout(folder):
-        from pipeline.model.checkpoint import init_random_stream
-        from pipeline.onnx.export import export_stream_model
-
-        checkpoint = init_random_stream(Path(settings.state_dir) / "bench" / "tiny-random", "tiny", seed=0)
-        export_stream_model(str(checkpoint), folder)
-    return folder
 
 
 # --- one level -----------------------------------------------------------------------------------
@@ -329,7 +282,7 @@ def generate_load(settings: Settings, prefix: str, conversations: int, user_toke
 
     overrides: dict[str, Any] = {"linger.ms": 1}
     producer = make_producer(settings, **overrides)
-    base_ms = int(time.time() * 1000) + 500 + conversations * 2  # the encoding below fits in this head start
+    base_ms = now_ms() + 500 + conversations * 2  # the encoding below fits in this head start
     schedule = paced_schedule(prefix, conversations, user_tokens, assistant_tokens, rate, base_ms)
     start = max(base_ms / 1000.0, time.time() + 0.1)
     produced: list[tuple[str, int, int, int]] = []
@@ -391,7 +344,7 @@ class _VerdictReader:
                 value = msg.value()
                 if msg.error() is not None or value is None:
                     continue
-                at = int(time.time() * 1000)
+                at = now_ms()
                 verdict = decode_verdict(value)
                 self.seen.append((at, verdict))
                 if verdict.kind == "final":
@@ -474,12 +427,7 @@ def markdown_table(results: list[LevelResult]) -> str:
 
 
 def _plot(results: list[LevelResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_lat, ax_tp) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_lat, ax_tp) = figure(2, (11, 4))
     for mode, style in (("guardstream", "-o"), ("baseline", "--s")):
         rs = [r for r in results if r.mode == mode and r.latency_p50_ms is not None]
         if not rs:
@@ -497,7 +445,5 @@ def _plot(results: list[LevelResult], path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 

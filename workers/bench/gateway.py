@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.models import open_bench_engine
 from workers.bench.results import cpu_count, figure, parse_levels, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
@@ -60,8 +61,6 @@ class LevelResult:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workers.bench.e2e import _engine
-
     settings = settings_from_args(args)
     require_stack(settings)
     levels = parse_levels(args.levels, (1, 5) if args.quick else (1, 10, 100))
@@ -70,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--tokens must be at least 1 and --token-delay-ms at least 0")
     words = REPLY_TEXT.split(" ")
     reply = [(" " if i else "") + words[i % len(words)] for i in range(tokens)]
-    engine, model_path, model_label = _engine(args.model, settings)
+    engine, model_path, model_label = open_bench_engine(args.model, settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = out / "bench-policy.yaml"

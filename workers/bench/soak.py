@@ -27,6 +27,7 @@ from typing import Any
 from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_environment, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.models import open_bench_engine
 from workers.bench.results import cpu_count, figure, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
@@ -63,13 +64,11 @@ class Sample:
 
 
 def run(args: argparse.Namespace) -> int:
-    from workers.bench.e2e import _engine
-
     settings = settings_from_args(args)
     require_stack(settings)
     if args.minutes <= 0 or args.rate <= 0 or not 0 <= args.hostile < 1:
         raise UserError("--minutes and --rate must be positive and --hostile in [0, 1)")
-    _, model_path, model_label = _engine(args.model, settings)
+    _, model_path, model_label = open_bench_engine(args.model, settings)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     samples, worker_code = soak(settings.replace(model=model_path), args.minutes * 60, args.rate,

@@ -33,6 +33,8 @@ from typing import Any
 
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
 from pipeline.errors import UserError
+from workers.bench.models import bench_model
+from workers.bench.results import figure, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
              "progress_every_tokens", "device", "engine_threads", "engine_spin_wait")
@@ -87,17 +89,13 @@ class DrainResult:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.kafka.topics import delete_topics, ensure_topics
-    from pipeline.stack.probes import kafka_answers, redis_answers
-    from workers.bench.e2e import tiny_export_dir
 
     settings = settings_from_args(args)
     deltas = 600 if args.quick else args.deltas
     if deltas < 1:
         raise UserError(f"--deltas must be at least 1, got {deltas}")
-    if not (kafka_answers(settings.kafka_config()) and redis_answers(settings.redis_url)):
-        raise UserError("Kafka or Redis is not answering; start the local stack with 'guardstream up'")
-    model_path, model_label = (args.model, args.model) if args.model else (
-        str(tiny_export_dir(settings)), "random tiny checkpoint (ONNX fp32)")
+    require_stack(settings)
+    model_path, model_label = bench_model(args.model, settings)
     prefix = f"benchw{uuid.uuid4().hex[:8]}"
     s = settings.replace(model=model_path, topic_in=f"{prefix}.guard.in", topic_verdicts=f"{prefix}.guard.verdicts",
                          topic_dlq=f"{prefix}.guard.in.dlq", metrics_port=0, log_level="WARNING")
@@ -131,14 +129,8 @@ def run(args: argparse.Namespace) -> int:
         delete_topics(s, topics)
     report = build_report(results, model_label, loaded, s, " ".join(_argv(args)))
     report["conversations"] = conversations
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "worker.json").write_text(json.dumps(report, indent=2) + "\n")
-    _plot(results, out / "worker.png")
     text = render_markdown(report)
-    (out / "worker.md").write_text(text)
-    print(text)
-    print(f"wrote {out / 'worker.json'}, {out / 'worker.md'} and {out / 'worker.png'}")
+    write_results(Path(args.out), "worker", report, lambda path: _plot(results, path), text, report=text)
     return 0
 
 
@@ -570,12 +562,7 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def _plot(results: list[DrainResult], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_cpu, ax_stage) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_cpu, ax_stage) = figure(2, (11, 4))
     groups = ("loop thread", "librdkafka threads", "other threads", "ended threads")
     labels = [r.mode for r in results]
     bottoms = [0.0] * len(results)
@@ -595,6 +582,4 @@ def _plot(results: list[DrainResult], path: Path) -> None:
         ax_stage.set_title("worker: breakdown by stage", fontsize=10)
     else:
         ax_stage.set_axis_off()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)

@@ -95,8 +95,8 @@ def build_worker(
         progress_every_tokens=settings.progress_every_tokens, max_context_tokens=settings.max_context_tokens,
         max_held_deltas=settings.max_held_deltas, max_held_bytes=settings.max_held_bytes,
     )
-    # outage_limit_s=0: the worker's loop does the retrying (with back-off, health, and SIGTERM checks).
-    store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis, outage_limit_s=0)
+    # The store does not retry: the worker's fault loop does (with back-off, health, and SIGTERM checks).
+    store = StateStore(client, settings.stream_group, settings.state_ttl_s, metrics.observe_redis)
     name = worker_name(settings)
     processor = BatchProcessor(scorer, engine, store, name, settings.max_text_bytes, settings.gap_timeout_ms,
                                InputLimits.of(settings))

@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from pipeline.clock import now_ms
 from pipeline.config import Settings
 from pipeline.dlq import dlq_max_bytes
 from pipeline.kafka.clients import make_consumer, make_producer
@@ -48,10 +49,6 @@ log = logging.getLogger("guardstream.stream")
 
 _REPORT_EVERY_S = 30.0
 _REDIS_PROBE_EVERY_S = 2.0
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class StreamWorker:
