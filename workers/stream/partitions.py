@@ -18,7 +18,7 @@ from workers.stream.health import WorkerHealth
 from workers.stream.metrics import StreamMetrics
 from workers.stream.ownership import Ownership, Recovering
 from workers.stream.processing import BatchProcessor, PartitionId
-from workers.stream.recovery import REPLAY_STEP_RECORDS, PartitionRecovery, recover_partition
+from workers.stream.recovery import REPLAY_STEP_RECORDS, PartitionRecovery
 
 log = logging.getLogger("guardstream.stream")
 
@@ -130,10 +130,10 @@ class PartitionKeeper:
     def recover(self, pid: PartitionId, committed: int | None) -> None:
         """Recover a partition on the spot (Redis lost writes under a partition being served)."""
         topic, partition = pid
-        self.own.watermarks[pid] = recover_partition(
+        self.own.watermarks[pid] = PartitionRecovery(
             self.settings, self.processor, self.store, topic, partition, committed, self.now_ms,
             on_replayed=self.metrics.replayed.inc,
-        )
+        ).run_to_end()
         # Gaps are durable: conversations that held deltas under the previous owner are swept here too.
         self.own.held.update(self.processor.held_conversations(topic, partition))
 

@@ -32,30 +32,6 @@ class RecoveryError(RuntimeError):
     """The partition could not be brought up to date (Redis changed under us, or the log is gone)."""
 
 
-def recover_partition(
-    settings: Settings,
-    processor: BatchProcessor,
-    store: StateStore,
-    topic: str,
-    partition: int,
-    committed: int | None,
-    now_ms: Callable[[], int],
-    on_replayed: Callable[[int], None] = lambda n: None,
-) -> int:
-    """Make Redis reflect every input offset below ``committed``; return the resulting watermark.
-
-    ``committed`` is the group's committed offset (next to read), None when the group has none.
-    """
-    recovery = PartitionRecovery(settings, processor, store, topic, partition, committed, now_ms, on_replayed)
-    try:
-        while True:
-            watermark = recovery.step()
-            if watermark is not None:
-                return watermark
-    finally:
-        recovery.close()
-
-
 class PartitionRecovery:
     """One partition's recovery, in steps of at most ``step_records`` replayed records.
 
@@ -120,6 +96,16 @@ class PartitionRecovery:
         if self._replay_batch(self._replay, committed):
             return self._finish(committed)
         return None
+
+    def run_to_end(self) -> int:
+        """Every step at once (Redis lost writes under a partition being served); the watermark."""
+        try:
+            while True:
+                watermark = self.step()
+                if watermark is not None:
+                    return watermark
+        finally:
+            self.close()
 
     def close(self) -> None:
         if self._replay is not None:
