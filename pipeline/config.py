@@ -113,8 +113,18 @@ class Settings:
         default=10, metadata=_opt("Longest wait to fill a micro-batch, milliseconds", "worker")
     )
     max_inflight_deltas: int = field(
-        default=5000, metadata=_opt("Most deltas polled into one batch (also capped by max_batch_tokens); the "
-                                    "loop is synchronous, so this bounds the deltas in flight", "worker")
+        default=5000, metadata=_opt("Most deltas polled into one batch (also capped by max_batch_tokens); with "
+                                    "overlapped commits at most two batches are in flight", "worker")
+    )
+    overlap_commits: bool = field(
+        default=True,
+        metadata=_opt("Judge the next micro-batch while the previous one's Kafka transaction commits (off: "
+                      "commit, then judge; exactly-once either way, docs/guarantees.md)", "worker"),
+    )
+    live_states_max: int = field(
+        default=20_000,
+        metadata=_opt("Conversation states kept decoded in memory between micro-batches, besides the newest "
+                      "batch's (the rest are read from Redis when their conversation speaks again)", "worker"),
     )
     progress_every_tokens: int = field(
         default=16, metadata=_opt("Emit a progress watermark every N scored tokens (0: only at final)", "worker")

@@ -6,7 +6,8 @@ from workers.bench.e2e import TINY_LOAD_P99_NOTE, LevelResult, render_report
 
 
 def _result(mode: str, n: int, p99: float) -> LevelResult:
-    return LevelResult(mode=mode, conversations=n, deltas=100, tokens_scored=120, seconds=5.0, deltas_per_s=20.0,
+    return LevelResult(mode=mode, conversations=n, workers=1, deltas=100, tokens_scored=120, seconds=5.0,
+                       deltas_per_s=20.0,
                        tokens_per_s=24.0, offered_tokens_per_s=20.0, offered_deltas_per_s=20.0,
                        generated_deltas_per_s=20.0, generator_lag_p50_ms=1.0, generator_lag_p99_ms=2.0,
                        latency_p50_ms=30.0, latency_p99_ms=p99,
@@ -21,6 +22,6 @@ def test_report_has_command_table_and_names_the_levels_where_p99_is_worse() -> N
                _result("baseline", 1, 60.0), _result("baseline", 5, 80.0)]
     report = render_report(payload, results)
     assert "`guardstream bench e2e --quick --rate 20 --partitions 4`" in report
-    assert "| guardstream | 1 |" in report and "| baseline | 5 |" in report
+    assert "| guardstream | 1 | 1 |" in report and "| baseline | 1 | 5 |" in report
     assert "exceeded the baseline's at 1 concurrent" in report
     assert TINY_LOAD_P99_NOTE in report

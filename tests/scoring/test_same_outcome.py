@@ -18,12 +18,13 @@ import pytest
 import redis
 
 from pipeline.scoring.scorer import Scorer
-from pipeline.state.store import NO_WATERMARK, StateStore
+from pipeline.state.store import NO_WATERMARK, PartitionWrite, StateStore
 from schemas.messages import TokenDelta, encode
 from tests.scoring.drive import content, conversation_deltas
 from tests.scoring.hash_engine import HashEngine
 from tests.scoring.test_scorer import FOLLOW_UP, SAMPLES
-from workers.stream.processing import BatchProcessor
+from workers.stream.live_states import LiveStates
+from workers.stream.processing import BatchOutcome, BatchProcessor, ConversationRef
 from workers.stream.records import InputRecord
 
 GAP_MS = 1_000
@@ -161,3 +162,61 @@ def test_any_batching_and_lost_writes_give_one_set_of_verdicts_and_dlq_records(
         other = run(scorer, redis_client, script, random.Random(rng.random()), max_batch, 0.3, live)
         assert other[0] == judged, f"verdicts differ with batches of at most {max_batch} (live: {live})"
         assert sorted(other[1]) == sorted(reported), f"DLQ differs with batches of at most {max_batch} (live: {live})"
+
+
+def run_overlapped(scorer: Scorer, client: redis.Redis, script: Script, batching: random.Random, max_batch: int,
+                   capacity: int) -> Outcome:
+    """As the stream worker with overlapped commits: each batch is judged on the states the previous one
+    left in memory (at most ``capacity`` besides the newest batch's), before that one's Redis write lands."""
+    prefix = uuid.uuid4().hex[:8]
+    records = records_of(script, prefix)
+    store = StateStore(client, f"same-outcome-{prefix}", 300)
+    processor = BatchProcessor(scorer, HashEngine(bias=(1.0, 0.3, 0.6)), store, "w", 65536, GAP_MS)
+    live = LiveStates(capacity, max_age_s=3600)
+    written = NO_WATERMARK           # what Redis holds
+    pending: list[PartitionWrite] = []  # the judged batch whose write has not landed
+    verdicts, dlq = [], []
+
+    def judge(batch: list[InputRecord], wall: int, sweep: dict[str, ConversationRef] | None = None) -> None:
+        nonlocal written, pending
+        marks = {(w.topic, w.partition): w.new_watermark for w in pending}
+        out = processor.process(batch, {(TOPIC, 0): written}, wall, sweep, live=live, pending_watermarks=marks)
+        assert isinstance(out, BatchOutcome)
+        verdicts.extend(out.verdicts)
+        dlq.extend(out.dlq)
+        live.store(out.states, out.dropped)
+        if pending:   # the batch before lands only now
+            assert store.write(pending) == []
+            written = pending[0].new_watermark
+            live.written()
+        pending = out.writes
+
+    for start, stop in cuts(len(records), batching, max_batch):
+        batch = records[start:stop]
+        judge(batch, batch[-1].timestamp_ms or 0)
+        if stop < len(records) and batching.random() < 0.5:
+            wall = batch[-1].timestamp_ms or 0
+            wall = batching.randint(wall, max(wall, (records[stop].timestamp_ms or 0) - 1))
+            judge([], wall, processor.held_conversations(TOPIC, 0))
+    assert store.write(pending) == []
+    written = pending[0].new_watermark if pending else written
+    pending = []
+    live.clear()
+    judge([], FAR_FUTURE_MS, processor.held_conversations(TOPIC, 0))
+    assert store.write(pending) == []
+    judged = frozenset(str(content(v)).replace(f"{prefix}-", "") for v in verdicts)
+    return judged, frozenset((r.source_offset, r.reason) for r in dlq)
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_judging_on_in_memory_states_before_the_previous_write_lands_gives_the_same_outcome(
+    make_scorer: Callable[..., Scorer], redis_client: redis.Redis, seed: int,
+) -> None:
+    script = build_script(seed)
+    scorer = make_scorer(progress_every_tokens=8)
+    judged, reported = run(scorer, redis_client, script, random.Random(0), 1, 0.0)
+    rng = random.Random(seed)
+    for max_batch, capacity in ((1, 0), (3, 1), (7, 100), (40, 2)):
+        other = run_overlapped(scorer, redis_client, script, random.Random(rng.random()), max_batch, capacity)
+        assert other[0] == judged, f"verdicts differ (batches of at most {max_batch}, {capacity} states kept)"
+        assert sorted(other[1]) == sorted(reported), f"DLQ differs (batches of at most {max_batch})"

@@ -43,6 +43,8 @@ from workers.stream.worker import EXIT_DEPENDENCY
 
 ABORTED = "guardstream_stream_transactions_aborted_total"
 FAULTS = "guardstream_stream_dependency_faults_total"
+OVERLAPPED = "guardstream_stream_overlapped_batches_total"
+REJUDGED = "guardstream_stream_batches_rejudged_total"
 # After a broker restart librdkafka raised this from send_offsets_to_transaction without its
 # retriable flag (seen in CI); librdkafka documents a timed-out transactional call as retriable.
 TIMED_OUT = KafkaError(KafkaError._TIMED_OUT, "Timed out")
@@ -120,6 +122,27 @@ def test_an_abortable_error_aborts_on_the_same_producer_and_the_batch_is_judged_
     assert faults.opened == 1, "an abortable error needs no fresh producer"
     assert worker.metric(ABORTED) == 1
     # The aborted transaction had produced the batch's verdicts: read-committed readers never see them.
+    _assert_fault_free_outcome(settings, expected)
+
+
+def test_an_abort_under_an_overlapped_batch_throws_that_batch_away_and_reads_both_again(
+    settings: Settings, tiny_onnx_dir: Path, sample_conversations: list[Conversation]
+) -> None:
+    # Small batches: while one batch's transaction commits, the next is polled and judged on the
+    # states the first left in memory. When the first aborts, the second was judged on nothing real.
+    settings = worker_settings(settings, tiny_onnx_dir, max_inflight_deltas=4)
+    deltas, expected = _input(settings, tiny_onnx_dir, sample_conversations, seed=14)
+    produce_deltas(settings, deltas)
+    generation = KafkaError(KafkaError.ILLEGAL_GENERATION, "Broker: Specified group generation id is not valid",
+                            txn_requires_abort=True)
+    faults = FaultyKafka(Fault("send_offsets_to_transaction", "raise_before", generation, skip=3))
+
+    worker = _judge_all(settings, faults)
+
+    assert faults.injected == ["send_offsets_to_transaction:raise_before"]
+    assert worker.metric(OVERLAPPED) > 0, "no batch was judged while another committed"
+    assert worker.metric(ABORTED) == 1
+    assert worker.metric(REJUDGED) == 1, "the batch judged on the aborted one was not thrown away"
     _assert_fault_free_outcome(settings, expected)
 
 

@@ -1,10 +1,11 @@
 """``guardstream bench e2e``: the whole path through Kafka, guardstream vs the official approach.
 
-Per level of concurrent conversations, a fresh set of topics, one stream worker (in this
-process, so both modes share one loaded model), and a paced load generator in its own process
-(messages encoded before the clock starts, so it is not the bottleneck; how late it produced each
-delta is reported): every conversation streams one Qwen3 token per delta at ``--rate`` tokens/s,
-starts staggered over a second, and a reader follows the verdicts. Peak offered rate =
+Per level of concurrent conversations, a fresh set of topics, ``--workers`` stream workers (each
+its own process, engine and consumer, as in production: docs/deploy.md), and a paced load
+generator in its own process (messages encoded before the clock starts, so it is not the
+bottleneck; how late it produced each delta is reported); this process only reads the verdicts.
+Every conversation streams one Qwen3 token per delta at ``--rate`` tokens/s and they start
+staggered over a second. Peak offered rate =
 conversations x rate; offered = the schedule's deltas over its span (ramp-up and ramp-down
 included); generated = the same deltas over the time the generator took to produce them; judged
 (throughput) = deltas and scored tokens over the time from the first delta produced to the last
@@ -12,6 +13,7 @@ verdict read. Verdict latency = verdict consumed - the delta it clears was produ
 delta at ``cleared_through_seq``; final: the message's last delta).
 
 The baseline is the same worker with :class:`FullRecomputeEngine` (full re-run per token, batch 1).
+Each worker process loads the model itself; the level's clock starts once they serve every partition.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from typing import Any
 
 from pipeline.clock import now_ms
 from pipeline.config import Settings, add_settings_arguments, settings_from_args
-from workers.bench.models import open_bench_engine
+from workers.bench.models import bench_model
 from workers.bench.results import cpu_count, figure, parse_levels, require_stack, save_figure, write_results
 
 _SETTINGS = ("kafka_bootstrap", "redis_url", "state_dir", "partitions", "max_batch_tokens", "max_batch_wait_ms",
-             "progress_every_tokens", "device", "engine_threads", "engine_spin_wait")
+             "progress_every_tokens", "device", "engine_threads", "engine_spin_wait",
+             "overlap_commits", "live_states_max")
 
 USER_TEXT = ("Could you explain how photosynthesis works in simple terms, and why plants need sunlight, "
              "water and carbon dioxide to grow?")
@@ -49,6 +52,8 @@ def register(sub: Any) -> None:
     p.add_argument("--levels", default="", help="comma-separated conversation counts (default 1,10,100,1000)")
     p.add_argument("--baseline-levels", default="", help="levels for the baseline (default: those up to 100)")
     p.add_argument("--rate", type=float, default=20.0, help="tokens per second per conversation (an LLM's pace)")
+    p.add_argument("--workers", default="1", help="comma-separated stream worker process counts to run each level "
+                                                   "with (e.g. 1,2: how throughput grows with workers per machine)")
     p.add_argument("--level-timeout-s", type=float, default=180.0, help="give up on a level after this long")
     p.add_argument("--out", default="bench-results/e2e", help="where JSON and PNG go")
     add_settings_arguments(p, _SETTINGS)
@@ -59,6 +64,7 @@ def register(sub: Any) -> None:
 class LevelResult:
     mode: str
     conversations: int
+    workers: int
     deltas: int
     tokens_scored: int
     seconds: float
@@ -85,18 +91,18 @@ def run(args: argparse.Namespace) -> int:
     levels = parse_levels(args.levels, (1, 5, 20) if args.quick else (1, 10, 100, 1000))
     baseline_levels = parse_levels(args.baseline_levels, tuple(n for n in levels if n <= (5 if args.quick else 100)))
     user_text, assistant_text = (USER_TEXT[:60], ASSISTANT_TEXT[:120]) if args.quick else (USER_TEXT, ASSISTANT_TEXT)
-    engine, model_path, model_label = open_bench_engine(args.model, settings)
-    from workers.stream.baseline import FullRecomputeEngine
+    worker_counts = parse_levels(args.workers, (1,))
+    model_path, model_label = bench_model(args.model, settings)
 
     results: list[LevelResult] = []
     for mode in ("guardstream", "baseline"):
-        for n in (levels if mode == "guardstream" else baseline_levels):
-            wrapped = engine if mode == "guardstream" else FullRecomputeEngine(engine)
-            print(f"[{mode}] {n} concurrent conversations ...", flush=True)
-            result = run_level(settings.replace(model=model_path), wrapped, mode, n, user_text, assistant_text,
-                               args.rate, args.level_timeout_s)
-            print("   " + _row(result), flush=True)
-            results.append(result)
+        for workers in worker_counts:
+            for n in (levels if mode == "guardstream" else baseline_levels):
+                print(f"[{mode}] {n} concurrent conversations, {workers} worker process(es) ...", flush=True)
+                result = run_level(settings.replace(model=model_path), mode, workers, n, user_text, assistant_text,
+                                   args.rate, args.level_timeout_s)
+                print("   " + _row(result), flush=True)
+                results.append(result)
     payload = {"model": model_label, "rate_tokens_per_s_per_conversation": args.rate, "quick": args.quick,
                "cpu_count": cpu_count(), "partitions": settings.partitions,
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -114,7 +120,7 @@ def _argv(args: argparse.Namespace, settings: Settings) -> list[str]:
     for flag, value in chosen:
         if value:
             parts.append(f"{flag} {value}")
-    parts += [f"--rate {args.rate:g}", f"--partitions {settings.partitions}"]
+    parts += [f"--rate {args.rate:g}", f"--workers {args.workers}", f"--partitions {settings.partitions}"]
     return parts
 
 
@@ -148,9 +154,9 @@ def render_report(payload: dict[str, Any], results: list[LevelResult]) -> str:
         "first delta produced to last verdict read. The baseline is the same worker re-running the whole "
         "prefix for every token, batch 1 (the official approach).",
     ]
-    by_level = {(r.mode, r.conversations): r for r in results}
+    by_level = {(r.mode, r.workers, r.conversations): r for r in results}
     worse = [r.conversations for r in results if r.mode == "guardstream"
-             and (b := by_level.get(("baseline", r.conversations))) is not None
+             and (b := by_level.get(("baseline", r.workers, r.conversations))) is not None
              and r.latency_p99_ms is not None and b.latency_p99_ms is not None
              and r.latency_p99_ms > b.latency_p99_ms]
     lines += ["", "## Reading the p99", ""]
@@ -163,13 +169,11 @@ def render_report(payload: dict[str, Any], results: list[LevelResult]) -> str:
 
 
 # --- one level -----------------------------------------------------------------------------------
-def run_level(settings: Settings, engine: Any, mode: str, conversations: int, user_text: str,
+def run_level(settings: Settings, mode: str, workers: int, conversations: int, user_text: str,
               assistant_text: str, rate: float, timeout_s: float) -> LevelResult:
     from pipeline.chunking import chunk_text
     from pipeline.kafka.topics import delete_topics, ensure_topics
     from pipeline.tokens.files import load_qwen3_tokenizer
-    from workers.stream.app import build_worker
-    from workers.stream.metrics import StreamMetrics
 
     prefix = f"bench{uuid.uuid4().hex[:8]}"
     s = settings.replace(topic_in=f"{prefix}.guard.in", topic_verdicts=f"{prefix}.guard.verdicts",
@@ -179,16 +183,12 @@ def run_level(settings: Settings, engine: Any, mode: str, conversations: int, us
     tokenizer = load_qwen3_tokenizer()
     user_tokens = chunk_text(user_text, "tokens", 1, tokenizer=tokenizer)
     assistant_tokens = chunk_text(assistant_text, "tokens", 1, tokenizer=tokenizer)
-    metrics = StreamMetrics()
-    worker = build_worker(s, metrics, engine=engine)
-    stop = threading.Event()
-    worker_thread = threading.Thread(target=worker.run, args=(stop,), name="bench-worker", daemon=True)
+    pool = _WorkerProcesses(s, mode, workers)
     reader = _VerdictReader(s)
+    tokens = 0
     try:
-        worker_thread.start()
-        deadline = time.monotonic() + 60
-        while len(worker.owned_partitions) < s.partitions and time.monotonic() < deadline:
-            time.sleep(0.1)
+        pool.start()
+        pool.wait_serving(timeout_s=120)
         reader.start()
         load = _produce_paced(s, prefix, conversations, user_tokens, assistant_tokens, rate)
         finals_expected = 2 * conversations
@@ -198,12 +198,83 @@ def run_level(settings: Settings, engine: Any, mode: str, conversations: int, us
         completed = reader.finals() >= finals_expected
         time.sleep(0.3)
     finally:
-        stop.set()
-        worker_thread.join(60)
+        tokens = pool.stop()
         reader.stop()
         delete_topics(s, [s.topic_in, s.topic_verdicts, s.topic_dlq])
-    return _summarise(mode, conversations, load, reader.seen, int(metrics.tokens._value.get()),
-                      finals_expected, completed, rate)
+    return _summarise(mode, workers, conversations, load, reader.seen, tokens, finals_expected, completed, rate)
+
+
+class _WorkerProcesses:
+    """``count`` stream workers of one consumer group, each in its own process with its own engine."""
+
+    def __init__(self, settings: Settings, mode: str, count: int) -> None:
+        import multiprocessing
+
+        ctx = multiprocessing.get_context("spawn")   # a clean interpreter each: no ORT state shared
+        self._serving = ctx.Array("i", count)        # per worker: partitions owned and recovered
+        self._stop = ctx.Event()
+        self._results = ctx.Queue()
+        self._procs = [ctx.Process(target=_worker_main, name=f"bench-worker-{i}",
+                                   args=(settings.replace(worker_instance=f"{settings.stream_group}-{i}"), mode, i,
+                                         self._serving, self._stop, self._results))
+                       for i in range(count)]
+        self._partitions = settings.partitions
+
+    def start(self) -> None:
+        for proc in self._procs:
+            proc.start()
+
+    def wait_serving(self, timeout_s: float) -> None:
+        """Until the workers serve every partition together (each owns some once more than one runs)."""
+        deadline = time.monotonic() + timeout_s
+        wanted = min(len(self._procs), self._partitions)
+        while time.monotonic() < deadline:
+            owned = self._serving[:]
+            if sum(owned) == self._partitions and sum(1 for n in owned if n > 0) >= wanted:
+                time.sleep(1.0)   # settled: no rebalance under way
+                if self._serving[:] == owned:
+                    return
+            if any(not proc.is_alive() for proc in self._procs):
+                raise RuntimeError("a bench worker process died while starting (its log is above)")
+            time.sleep(0.1)
+        raise RuntimeError(f"the workers did not serve all {self._partitions} partitions within {timeout_s:.0f} s")
+
+    def stop(self) -> int:
+        """Stop the workers; the tokens they scored together."""
+        self._stop.set()
+        tokens = 0
+        for _ in self._procs:
+            try:
+                tokens += int(self._results.get(timeout=60))
+            except Exception:   # queue.Empty: a worker died; its tokens are unknown
+                break
+        for proc in self._procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+        return tokens
+
+
+def _worker_main(settings: Settings, mode: str, index: int, serving: Any, stop: Any, results: Any) -> None:
+    """One bench worker process: the product's stream worker; the baseline re-runs every prefix."""
+    from pipeline.logging import configure_logging
+    from pipeline.onnx.loader import open_stream_engine
+    from workers.stream.app import build_worker
+    from workers.stream.baseline import FullRecomputeEngine
+    from workers.stream.metrics import StreamMetrics
+
+    configure_logging(settings.log_level)
+    engine = open_stream_engine(settings.model, settings)
+    metrics = StreamMetrics()
+    worker = build_worker(settings, metrics, engine=engine if mode == "guardstream" else FullRecomputeEngine(engine))
+    done = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(done,), name="stream-worker", daemon=True)
+    thread.start()
+    while not stop.wait(0.1):
+        serving[index] = len(worker.owned_partitions) - len(worker.recovering_partitions)
+    done.set()
+    thread.join(60)
+    results.put(int(metrics.tokens._value.get()))
 
 
 @dataclass
@@ -363,8 +434,8 @@ def _percentile(values: list[float], q: float) -> float | None:
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
 
 
-def _summarise(mode: str, conversations: int, load: GeneratedLoad, seen: list[tuple[int, Any]], tokens: int,
-               finals_expected: int, completed: bool, rate: float) -> LevelResult:
+def _summarise(mode: str, workers: int, conversations: int, load: GeneratedLoad, seen: list[tuple[int, Any]],
+               tokens: int, finals_expected: int, completed: bool, rate: float) -> LevelResult:
     produced, first_ts = load.produced, load.first_ts
     last_seq: dict[tuple[str, int], int] = {}
     for cid, msg, chunk in produced:
@@ -387,7 +458,8 @@ def _summarise(mode: str, conversations: int, load: GeneratedLoad, seen: list[tu
     finals = sum(1 for _, v in seen if v.kind == "final")
     notes = [] if completed else [f"stopped after the level timeout with {finals}/{finals_expected} final verdicts"]
     return LevelResult(
-        mode=mode, conversations=conversations, deltas=len(produced), tokens_scored=tokens, seconds=seconds,
+        mode=mode, conversations=conversations, workers=workers, deltas=len(produced), tokens_scored=tokens,
+        seconds=seconds,
         deltas_per_s=len(produced) / seconds, tokens_per_s=tokens / seconds,
         offered_tokens_per_s=conversations * rate,
         # n deltas span n - 1 intervals: one conversation alone is offered exactly ``rate``.
@@ -414,11 +486,12 @@ def _row(r: LevelResult) -> str:
 
 
 def markdown_table(results: list[LevelResult]) -> str:
-    rows = ["| mode | conversations | peak offered deltas/s | offered deltas/s | generated deltas/s | "
+    rows = ["| mode | workers | conversations | peak offered deltas/s | offered deltas/s | generated deltas/s | "
             "generator lag p99 ms | judged deltas/s | tokens/s | latency p50 ms | latency p99 ms | final p50 ms | "
-            "final p99 ms | finals |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+            "final p99 ms | finals |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        rows.append(f"| {r.mode} | {r.conversations} | {r.offered_tokens_per_s:,.0f} | {r.offered_deltas_per_s:,.0f} | "
+        rows.append(f"| {r.mode} | {r.workers} | {r.conversations} | {r.offered_tokens_per_s:,.0f} | "
+                    f"{r.offered_deltas_per_s:,.0f} | "
                     f"{r.generated_deltas_per_s:,.0f} | {r.generator_lag_p99_ms:,.0f} | {r.deltas_per_s:,.0f} | "
                     f"{r.tokens_per_s:,.0f} | "
                     f"{_fmt(r.latency_p50_ms)} | {_fmt(r.latency_p99_ms)} | {_fmt(r.final_latency_p50_ms)} | "
@@ -429,13 +502,15 @@ def markdown_table(results: list[LevelResult]) -> str:
 def _plot(results: list[LevelResult], path: Path) -> None:
     fig, (ax_lat, ax_tp) = figure(2, (11, 4))
     for mode, style in (("guardstream", "-o"), ("baseline", "--s")):
-        rs = [r for r in results if r.mode == mode and r.latency_p50_ms is not None]
-        if not rs:
-            continue
-        xs = [r.conversations for r in rs]
-        ax_lat.plot(xs, [r.latency_p50_ms for r in rs], style, label=f"{mode} p50")
-        ax_lat.plot(xs, [r.latency_p99_ms for r in rs], style, alpha=0.5, label=f"{mode} p99")
-        ax_tp.plot(xs, [r.tokens_per_s for r in rs], style, label=mode)
+        for workers in sorted({r.workers for r in results}):
+            rs = [r for r in results if r.mode == mode and r.workers == workers and r.latency_p50_ms is not None]
+            if not rs:
+                continue
+            name = mode if workers == 1 else f"{mode} x{workers}"
+            xs = [r.conversations for r in rs]
+            ax_lat.plot(xs, [r.latency_p50_ms for r in rs], style, label=f"{name} p50")
+            ax_lat.plot(xs, [r.latency_p99_ms for r in rs], style, alpha=0.5, label=f"{name} p99")
+            ax_tp.plot(xs, [r.tokens_per_s for r in rs], style, label=name)
     for ax, title, ylabel in ((ax_lat, "verdict latency (delta produced -> verdict read)", "ms"),
                               (ax_tp, "tokens scored per second", "tokens/s")):
         ax.set_xscale("log")

@@ -15,7 +15,7 @@ _COMMON = (
 )
 _STREAM = (
     "redis_url", "state_ttl_s", "stream_group", "worker_instance", "max_batch_tokens", "max_batch_wait_ms",
-    "max_inflight_deltas",
+    "max_inflight_deltas", "overlap_commits", "live_states_max",
     "progress_every_tokens", "max_text_bytes", "gap_timeout_ms", "kv_cache_bytes", "engine_threads",
     "engine_spin_wait",
     "fault_retry_s", "redis_allow_eviction", "health_grace_s", "health_stall_s",

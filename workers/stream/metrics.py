@@ -69,6 +69,12 @@ class StreamMetrics:
                                             "Kafka transactions aborted (batch re-read)", registry=r)
         self.state_conflicts = Counter("guardstream_stream_state_conflicts",
                                        "Redis watermark mismatches that triggered recovery", registry=r)
+        self.overlapped_batches = Counter("guardstream_stream_overlapped_batches",
+                                          "Micro-batches judged while the previous one's transaction committed",
+                                          registry=r)
+        self.batches_rejudged = Counter("guardstream_stream_batches_rejudged",
+                                        "Judged micro-batches thrown away and read again because the batch "
+                                        "before them did not land (aborted, or Redis not as expected)", registry=r)
 
     def observe_redis(self, op: str, seconds: float) -> None:
         self.redis_seconds.labels(op=op).observe(seconds)

@@ -58,8 +58,8 @@ class PartitionKeeper:
                                                                                for tp in partitions]})
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # The loop is synchronous: the last batch is committed and written before consume() runs
-        # this callback, so there is nothing to finish; only the KV caches are let go.
+        # The worker lands its batch in flight before calling this (workers.stream.worker): nothing
+        # is left to finish; only the KV caches are let go.
         for tp in partitions:
             pid = (tp.topic, tp.partition)
             pending = self.recovering.pop(pid, None)

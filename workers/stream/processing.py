@@ -31,6 +31,7 @@ from pipeline.state.keys import conversation_key
 from pipeline.state.store import PartitionWrite, StateStore
 from schemas.messages import DlqRecord, MessageError, TokenDelta, Verdict
 from workers.stream.engine_guard import EngineFailure, engine_answers
+from workers.stream.live_states import LiveStates
 from workers.stream.records import InputRecord
 
 log = logging.getLogger("guardstream.stream")
@@ -106,6 +107,10 @@ class BatchOutcome:
     cache_hits: int = 0                                              # ... whose KV cache was warm
     conversations_scored: int = 0
     delta_ts_ms: dict[str, int] = field(default_factory=dict)        # conversation key -> newest delta ts_ms
+    # What the batch leaves in memory (workers.stream.live_states): the states its write stores, and the
+    # conversations whose in-memory state it may have left half-changed (read them from Redis again).
+    states: dict[str, ConversationState] = field(default_factory=dict)
+    dropped: dict[str, None] = field(default_factory=dict)
 
 
 def has_held_deltas(state: ConversationState) -> bool:
@@ -160,11 +165,16 @@ class BatchProcessor:
         now_ms: int,
         sweep: Mapping[str, ConversationRef] | None = None,
         expire_gaps: bool = True,
+        live: LiveStates | None = None,
+        pending_watermarks: Mapping[PartitionId, int] | None = None,
     ) -> BatchOutcome | StalePartitions:
         """Judge ``records`` (in offset order per partition) plus the conversations in ``sweep``.
 
         ``expected_watermarks`` is what the caller believes Redis holds per partition; the
-        returned writes carry it so that the store can fence them. Conversations in ``sweep`` have
+        returned writes carry it so that the store can fence them. A state found in ``live`` is
+        taken from there instead of Redis (and changed in place). ``pending_watermarks`` are those
+        of a judged batch whose write has not happened yet (its commit overlaps this batch): this
+        batch's writes are fenced on them, since they land after it. Conversations in ``sweep`` have
         their gaps expired by the wall clock ``now_ms`` (unless ``expire_gaps`` is False): only pass
         conversations of partitions with nothing left to read. Record-driven expiry is by log time
         and always on, so a replay rebuilds the same states. When Redis does not hold
@@ -194,14 +204,15 @@ class BatchProcessor:
                 convs[key] = _Conversation(key, ref.conversation_id, ref.tenant, ref.topic, ref.partition)
             convs[key].swept = expire_gaps
 
-        stale = self._load_states(convs.values(), out, now_ms, expected_watermarks)
+        stale = self._load_states(convs.values(), out, now_ms, expected_watermarks, live)
         if stale:
             return StalePartitions(stale)
         for conv in convs.values():
             self._apply(conv, out, now_ms)
         self._score(list(convs.values()), out, now_ms)
 
-        out.writes = self._writes(convs.values(), last_offset, expected_watermarks)
+        out.writes = self._writes(convs.values(), last_offset, {**expected_watermarks, **(pending_watermarks or {})},
+                                  out)
         for conv in convs.values():
             ref = ConversationRef(conv.conversation_id, conv.tenant, conv.topic, conv.partition)
             out.touched[conv.key] = ref
@@ -214,17 +225,28 @@ class BatchProcessor:
     # ------------------------------------------------------------------------------------
     def _load_states(
         self, convs: Iterable[_Conversation], out: BatchOutcome, now_ms: int,
-        expected: Mapping[PartitionId, int],
+        expected: Mapping[PartitionId, int], live: LiveStates | None,
     ) -> dict[PartitionId, int]:
         """Load the states; the partitions whose watermark is not ``expected`` (then nothing is loaded)."""
-        todo = list(convs)
+        everyone = list(convs)
         # The input topic is one topic; partitions we have an expectation for are checked, in the
-        # same atomic read as the states, so the states judged below are the ones Kafka implies.
-        checked = sorted({(c.topic, c.partition) for c in todo if (c.topic, c.partition) in expected})
+        # same atomic read as the states, so the states judged below are the ones Kafka implies
+        # (and the ones kept in memory are still the ones Redis holds).
+        checked = sorted({(c.topic, c.partition) for c in everyone if (c.topic, c.partition) in expected})
         topic = checked[0][0] if checked else ""
+        todo = []
+        for conv in everyone:
+            kept = live.get(conv.key) if live is not None else None
+            if kept is None:
+                todo.append(conv)
+            else:
+                conv.state = kept
+                conv.held_before = has_held_deltas(kept)
         stored, marks = self.store.load_with_watermarks([c.key for c in todo], topic, [p for _, p in checked])
         stale = {(topic, p): mark for p, mark in marks.items() if mark != expected[(topic, p)]}
         if stale:
+            for conv in everyone:
+                conv.state = None
             return stale
         for conv in todo:
             raw = stored.get(conv.key)
@@ -330,6 +352,7 @@ class BatchProcessor:
         convs: Iterable[_Conversation],
         last_offset: Mapping[PartitionId, int],
         expected: Mapping[PartitionId, int],
+        out: BatchOutcome,
     ) -> list[PartitionWrite]:
         writes: dict[PartitionId, PartitionWrite] = {}
 
@@ -343,6 +366,7 @@ class BatchProcessor:
             write_for(pid)
         for conv in convs:
             if conv.failed or conv.state is None:
+                out.dropped[conv.key] = None
                 continue
             holds = not conv.ended and has_held_deltas(conv.state)
             if holds:
@@ -357,6 +381,7 @@ class BatchProcessor:
             # reported the same way whether it arrives in this batch or after the state was written.
             state = self.scorer.tombstone(conv.state) if conv.ended else conv.state
             w.states[conv.key] = self.scorer.encode_state(state)
+            out.states[conv.key] = state
         return list(writes.values())
 
     def _fail(self, conv: _Conversation, reason: str, out: BatchOutcome, now_ms: int) -> None:

@@ -59,6 +59,8 @@ class BatchTransactions:
         self.renew_producer = False   # set when all brokers went down: the next batch starts on a fresh producer
         self.dlq_max_bytes = DEFAULT_MESSAGE_MAX_BYTES
         self._retired: list[Producer] = []
+        # Where rewinds sought to, per partition, since the loop last called forget_rewinds.
+        self.rewound: dict[PartitionId, int] = {}
 
     def open(self, dlq_max_bytes: int) -> None:
         self.dlq_max_bytes = dlq_max_bytes
@@ -77,47 +79,60 @@ class BatchTransactions:
             "init_transactions", lambda: producer.init_transactions(TXN_TIMEOUT_S)))
         self.renew_producer = False
 
-    def commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
-        """Verdicts + DLQ records + consumed offsets in one transaction. False: not committed, batch rewound."""
+    @staticmethod
+    def needed(records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
+        """A gap sweep that found nothing to report needs no transaction."""
+        return bool(records or outcome.verdicts or outcome.dlq)
+
+    def prepare(self) -> None:
+        """Before a batch's transaction, on the loop's thread (no transaction is open then)."""
+        if self.renew_producer:
+            self.replace_producer("kafka was unreachable")
+
+    def send(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> None:
+        """The transaction's calls, raising what Kafka raised. With overlapped commits this runs on the
+        committer thread while the loop judges the next batch; nothing else uses the producer then."""
         assert self.producer is not None and self.consumer is not None
         s = self.settings
         offsets = next_offsets(records)
-        if not offsets and not outcome.verdicts and not outcome.dlq:
-            return True  # a gap sweep that found nothing to report: no transaction needed
-        if self.renew_producer:
-            self.replace_producer("kafka was unreachable")
         producer, consumer = self.producer, self.consumer
-        try:
-            producer.begin_transaction()
-            for verdict in outcome.verdicts:
-                self._produce(producer, s.topic_verdicts, verdict.conversation_id, encode(verdict))
-            for rec in outcome.dlq:
-                self._produce(producer, s.topic_dlq, rec.conversation_id, encode_fitting(rec, self.dlq_max_bytes))
-            if offsets:
-                tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-                self.watched("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
-                    tps, consumer.consumer_group_metadata(), TXN_TIMEOUT_S))
-            self.watched("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
-        except KafkaException as exc:
-            error = exc.args[0] if exc.args else None
-            if isinstance(error, KafkaError) and error.txn_requires_abort():
-                # E.g. a rebalance bumped the group generation (KIP-447 fencing): nothing of this
-                # batch is visible; judge it again.
-                log.warning("transaction aborted; re-reading the batch", extra={"error": str(error)})
-                self.metrics.transactions_aborted.inc()
-                try:
-                    self.watched("abort_transaction", lambda: producer.abort_transaction(TXN_TIMEOUT_S))
-                except KafkaException as abort_exc:
-                    if not may_retry(abort_exc.args[0] if abort_exc.args else None):
-                        raise
-                    return self.settle_uncertain(records, offsets, abort_exc)
-                self.rewind(records)
-                return False
-            if may_retry(error):
-                return self.settle_uncertain(records, offsets, exc)
-            raise  # fenced or fatal: exit, let the supervisor restart us (recovery makes that safe)
-        self._committed_batch(offsets)
-        return True
+        producer.begin_transaction()
+        for verdict in outcome.verdicts:
+            self._produce(producer, s.topic_verdicts, verdict.conversation_id, encode(verdict))
+        for rec in outcome.dlq:
+            self._produce(producer, s.topic_dlq, rec.conversation_id, encode_fitting(rec, self.dlq_max_bytes))
+        if offsets:
+            tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
+            self.watched("send_offsets_to_transaction", lambda: producer.send_offsets_to_transaction(
+                tps, consumer.consumer_group_metadata(), TXN_TIMEOUT_S))
+        self.watched("commit_transaction", lambda: producer.commit_transaction(TXN_TIMEOUT_S))
+
+    def sent(self, records: Sequence[InputRecord]) -> None:
+        """The batch's transaction committed (on the loop's thread)."""
+        self._committed_batch(next_offsets(records))
+
+    def failed(self, records: Sequence[InputRecord], exc: KafkaException) -> bool:
+        """A transactional call failed (on the loop's thread): abort or settle. False: rewound, judge again."""
+        assert self.producer is not None
+        producer = self.producer
+        offsets = next_offsets(records)
+        error = exc.args[0] if exc.args else None
+        if isinstance(error, KafkaError) and error.txn_requires_abort():
+            # E.g. a rebalance bumped the group generation (KIP-447 fencing): nothing of this
+            # batch is visible; judge it again.
+            log.warning("transaction aborted; re-reading the batch", extra={"error": str(error)})
+            self.metrics.transactions_aborted.inc()
+            try:
+                self.watched("abort_transaction", lambda: producer.abort_transaction(TXN_TIMEOUT_S))
+            except KafkaException as abort_exc:
+                if not may_retry(abort_exc.args[0] if abort_exc.args else None):
+                    raise
+                return self.settle_uncertain(records, offsets, abort_exc)
+            self.rewind(records)
+            return False
+        if may_retry(error):
+            return self.settle_uncertain(records, offsets, exc)
+        raise exc  # fenced or fatal: exit, let the supervisor restart us (recovery makes that safe)
 
     def settle_uncertain(self, records: Sequence[InputRecord], offsets: dict[PartitionId, int],
                          exc: KafkaException) -> bool:
@@ -179,10 +194,17 @@ class BatchTransactions:
                 raise WorkerExit(0, "stop requested while the producer queue was full; nothing was committed")
 
     def rewind(self, records: Sequence[InputRecord]) -> None:
+        """Read ``records`` again: seek each partition to its first one (or to where an earlier rewind
+        since :meth:`forget_rewinds` went, if that is earlier)."""
         assert self.consumer is not None
-        for (topic, partition), offset in first_offsets(records).items():
-            if self.own.owns((topic, partition)):
-                self.consumer.seek(TopicPartition(topic, partition, offset))
+        for pid, offset in first_offsets(records).items():
+            if self.own.owns(pid):
+                offset = min(offset, self.rewound.get(pid, offset))
+                self.rewound[pid] = offset
+                self.consumer.seek(TopicPartition(pid[0], pid[1], offset))
+
+    def forget_rewinds(self) -> None:
+        self.rewound.clear()
 
     def close(self) -> None:
         if self.producer is not None:

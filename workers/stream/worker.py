@@ -6,6 +6,13 @@ it commits are the changed states written to Redis, fenced by the partition wate
 docs/guarantees.md for why this gives "no verdict lost, none contradictory" under crashes,
 rebalances and broker or Redis restarts.
 
+Overlapped commits: a batch's transaction runs on a committer thread while the loop polls and
+judges the next batch on the states the first one left in memory (workers.stream.live_states).
+The loop then lands the first batch (waits for its commit, writes its states to Redis) before
+the second one's transaction starts. Should the first batch not commit, or its write find Redis
+changed, the second is thrown away and read again: it was judged on states that do not hold
+(docs/guarantees.md, "Overlapped commits").
+
 The loop's helpers, one job each: workers.stream.faults (what a dependency fault is; the retry
 loop), workers.stream.watchdog (hung Kafka calls), workers.stream.transactions (the batch's
 transaction and the producer), workers.stream.partitions (rebalances and partition recovery),
@@ -19,6 +26,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -31,6 +40,7 @@ from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
 from workers.stream.faults import EXIT_DEPENDENCY, FaultRetry, WorkerExit, faults_log, may_retry
 from workers.stream.health import ENGINE, KAFKA, REDIS, WorkerHealth
+from workers.stream.live_states import LiveStates, usable_age_s
 from workers.stream.metrics import StreamMetrics, brokers_up, observe_batch, parse_kafka_stats
 from workers.stream.ownership import Ownership
 from workers.stream.partitions import PartitionKeeper
@@ -49,6 +59,24 @@ log = logging.getLogger("guardstream.stream")
 
 _REPORT_EVERY_S = 30.0
 _REDIS_PROBE_EVERY_S = 2.0
+
+
+@dataclass
+class _InFlight:
+    """A judged batch whose transaction is on the committer thread (None: it needs none)."""
+
+    records: Sequence[InputRecord]
+    outcome: BatchOutcome
+    commit: Future[None] | None
+    started: float
+
+
+class _BatchRewound(Exception):
+    """The batch in flight did not land; the one being judged was judged on it and is read again."""
+
+
+class _LandFirst(Exception):
+    """Redis is not what the batch in flight was judged on: land that batch, then judge again."""
 
 
 class StreamWorker:
@@ -83,6 +111,9 @@ class StreamWorker:
         self._batch_deltas = max(1, min(settings.max_inflight_deltas, settings.max_batch_tokens))
         self._next_redis_probe = 0.0
         self._consumer: Consumer | None = None
+        self._live = LiveStates(settings.live_states_max, usable_age_s(settings.state_ttl_s))
+        self._in_flight: _InFlight | None = None
+        self._committer: ThreadPoolExecutor | None = None
 
     @property
     def owned_partitions(self) -> list[PartitionId]:
@@ -122,6 +153,7 @@ class StreamWorker:
                         "deltas": handled, "partitions": len(self._own.watermarks),
                         "recovering": len(self.partitions.recovering), "held": len(self._own.held)})
                     handled = 0
+            self.drain()
             return 0
         except WorkerExit as exc:
             if exc.code:
@@ -141,13 +173,14 @@ class StreamWorker:
         consumer_overrides: dict[str, Any] = {
             "partition.assignment.strategy": "cooperative-sticky",
             "enable.auto.offset.store": False,
-            # Bounded prefetch: with the synchronous loop this bounds the worker's in-flight input.
+            # Bounded prefetch: with at most two batches in flight this bounds the worker's input in memory.
             "queued.max.messages.kbytes": 16384,
             "statistics.interval.ms": 5000,
             "stats_cb": self._kafka_stats,
             "error_cb": self._kafka_error,
         }
         consumer = make_consumer(s, s.stream_group, **consumer_overrides)
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stream-commit")
         self._consumer = self.partitions.consumer = self.transactions.consumer = consumer
         consumer.subscribe([s.topic_in], on_assign=self._on_assign, on_revoke=self._on_revoke,
                            on_lost=self._on_lost)
@@ -155,35 +188,92 @@ class StreamWorker:
         self._on_subscribed()
 
     def step(self, wait_s: float) -> int:
-        """Poll one micro-batch and carry it to the end; returns the number of deltas handled.
+        """Poll one micro-batch, judge it and start its transaction; returns the number of deltas taken.
 
-        A fault met on the way is retried here until it clears (or the worker must exit), so
-        when step returns, its batch is committed and written, or there was none.
+        The batch before it lands first (committed, then written to Redis): when step returns,
+        at most this batch is in flight. A fault met on the way is retried here until it clears
+        (or the worker must exit).
         """
         assert self._consumer is not None
         consumer = self._consumer
         if self.partitions.recovering:
+            self.drain()
             self.health.busy()
             self._retry("recovery", self.partitions.recovery_step)
             wait_s = 0.0
+        self.transactions.forget_rewinds()
         messages = consumer.consume(num_messages=self._batch_deltas, timeout=max(wait_s, 0.001))
         records = self._records(messages)
+        if self.transactions.rewound:
+            # A rebalance callback landed the batch in flight and it was rewound: records this poll
+            # gathered before that seek follow the rewound ones. Read them all again, in order.
+            if records:
+                self.metrics.batches_rejudged.inc()
+            self.transactions.rewind(records)
+            self.health.progressed()
+            return 0
         sweep = self._sweeps.due(consumer)
         if not records and not sweep:
+            self.drain()
             self._probe_redis()
             self._observe_engine()
             self.health.progressed()
             return 0
         self.health.busy()
         started = time.perf_counter()
-        outcome = self._retry("judge", lambda: self._process(records, sweep))
-        if not self.transactions.commit(records, outcome):
+        try:
+            outcome = self._judge(records, sweep)
+            if self._in_flight is not None:
+                self.metrics.overlapped_batches.inc()
+                if not self._land():
+                    raise _BatchRewound
+        except _BatchRewound:
+            self.metrics.batches_rejudged.inc()
+            self._live.clear()
+            self.transactions.rewind(records)
             self.health.progressed()
             return 0
-        self._retry("redis write", lambda: self._write_state(records, outcome))
-        self._after_batch(outcome, time.perf_counter() - started)
+        self._live.store(outcome.states, outcome.dropped)
+        self._launch(records, outcome, started)
+        if not self.settings.overlap_commits:
+            self.drain()
         self.health.progressed()
         return len(records)
+
+    def drain(self) -> None:
+        """Land the batch in flight, if any (before rebalances, recovery, idling and stopping)."""
+        if self._in_flight is not None:
+            self._land()
+
+    def _launch(self, records: Sequence[InputRecord], outcome: BatchOutcome, started: float) -> None:
+        commit: Future[None] | None = None
+        if self.transactions.needed(records, outcome):
+            assert self._committer is not None
+            self.transactions.prepare()
+            commit = self._committer.submit(self.transactions.send, records, outcome)
+        self._in_flight = _InFlight(records, outcome, commit, started)
+
+    def _land(self) -> bool:
+        """Wait for the batch in flight to commit, then write its states. False: it was rewound, or
+        Redis was not what it was judged on (its partitions are recovered); nothing judged on it holds."""
+        flight, self._in_flight = self._in_flight, None
+        assert flight is not None
+        if flight.commit is not None:
+            try:
+                flight.commit.result()
+            except KafkaException as exc:
+                if not self.transactions.failed(flight.records, exc):
+                    self._live.clear()
+                    return False
+            else:
+                self.transactions.sent(flight.records)
+        clean = self._retry("redis write", lambda: self._write_state(flight.records, flight.outcome))
+        self._after_batch(flight.outcome, time.perf_counter() - flight.started)
+        if clean:
+            self._live.written()
+        else:
+            self._live.clear()
+        return clean
 
     def _records(self, messages: Sequence[Message]) -> list[InputRecord]:
         records = []
@@ -209,13 +299,31 @@ class StreamWorker:
                                        record_time_ms(msg.timestamp())))
         return records
 
+    def _judge(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
+        while True:
+            try:
+                return self._retry("judge", lambda: self._process(records, sweep))
+            except _LandFirst:
+                if not self._land():
+                    raise _BatchRewound from None
+
     def _process(self, records: Sequence[InputRecord], sweep: dict[str, ConversationRef]) -> BatchOutcome:
         """Judge the batch on states that match Kafka; if Redis lost writes under us, replay first."""
         for _ in range(3):
-            result = self.processor.process(records, self._own.watermarks, now_ms(), sweep)
+            flight = self._in_flight
+            pending = {(w.topic, w.partition): w.new_watermark for w in flight.outcome.writes} if flight else None
+            try:
+                result = self.processor.process(records, self._own.watermarks, now_ms(), sweep, live=self._live,
+                                                pending_watermarks=pending)
+            except BaseException:
+                self._live.clear()   # the failed attempt may have changed states in place
+                raise
             if isinstance(result, BatchOutcome):
                 return result
             self.metrics.state_conflicts.inc()   # StalePartitions: nothing was judged
+            self._live.clear()
+            if flight is not None:
+                raise _LandFirst   # recovery below must start from what that batch writes
             first = first_offsets(records)
             for pid, stored in result.partitions.items():
                 log.warning("redis state is not what this worker wrote; recovering the partition", extra={
@@ -224,7 +332,7 @@ class StreamWorker:
                 self.partitions.recover(pid, first.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1))
         raise RecoveryError("redis state kept changing under this worker; is another worker writing its partitions?")
 
-    def _write_state(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> None:
+    def _write_state(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
         """After the commit: Redis catches up. A conflict means our picture of Redis is stale: recover.
 
         Safe to repeat: every partition's write is one fenced Lua call (all or nothing), so a
@@ -237,7 +345,7 @@ class StreamWorker:
             if pid not in conflicted and self._own.owns(pid):
                 self._own.watermarks[pid] = write.new_watermark
         if not conflicts:
-            return
+            return True
         offsets = next_offsets(records)
         for c in conflicts:
             pid = (c.topic, c.partition)
@@ -247,6 +355,7 @@ class StreamWorker:
                 "stored": c.stored_watermark})
             committed = offsets.get(pid, self._own.watermarks.get(pid, NO_WATERMARK) + 1)
             self.partitions.recover(pid, committed)
+        return False
 
     def _after_batch(self, outcome: BatchOutcome, seconds: float) -> None:
         own = self._own
@@ -307,16 +416,32 @@ class StreamWorker:
         self.metrics.observe_lag(stats, self._committed)
 
     # --- rebalances (workers.stream.partitions) -------------------------------------------
+    # The batch in flight lands before the assignment changes: a partition leaves with its state
+    # written (its next owner replays nothing of ours), and in-memory states start afresh.
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.drain()
+        self._live.clear()
         self.partitions.on_assign(consumer, partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.drain()
+        self._live.clear()
         self.partitions.on_revoke(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Another worker may own them already: the batch in flight is fenced (aborted, read again
+        # by nobody here), or it committed and its fenced Redis write lands or conflicts, as a
+        # batch committed just before the loss would have.
+        self.drain()
+        self._live.clear()
         self.partitions.on_lost(consumer, partitions)
 
     def _close(self) -> None:
+        if self._committer is not None:
+            # A batch still in flight (the loop left on an error) ends as a crash would: committed or
+            # not, the next owner's recovery makes Redis match.
+            self._committer.shutdown(wait=True)
+            self._in_flight = None
         self.partitions.close()
         if self._consumer is not None:
             try:
