@@ -34,7 +34,7 @@ def test_quick_e2e_reports_offered_generated_and_latency_for_both_modes(
 
     out = tmp_path / "e2e"
     assert main(["bench", "e2e", "--quick", "--levels", "3", "--baseline-levels", "1", "--rate", "40",
-                 "--model", str(tiny_onnx_dir), "--out", str(out), "--partitions", "2",
+                 "--model", str(tiny_onnx_dir), "--out", str(out), "--partitions", "2", "--workers", "2",
                  "--kafka-bootstrap", stack.kafka_bootstrap, "--redis-url", stack.redis_url,
                  "--level-timeout-s", "60"]) == 0
     report = json.loads((out / "e2e.json").read_text())
@@ -44,6 +44,7 @@ def test_quick_e2e_reports_offered_generated_and_latency_for_both_modes(
     assert set(rows) == {("guardstream", 3), ("baseline", 1)}
     for (_, n), r in rows.items():
         assert r["completed"] and r["finals_seen"] == r["finals_expected"] == 2 * n
+        assert r["workers"] == 2 and r["tokens_scored"] > 0   # scored in two worker processes, counted here
         assert r["offered_tokens_per_s"] == pytest.approx(40.0 * n)
         assert 0 < r["offered_deltas_per_s"] <= r["offered_tokens_per_s"] * 1.001
         assert r["generated_deltas_per_s"] > 0 and r["generator_lag_p99_ms"] >= 0
