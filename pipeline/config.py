@@ -122,9 +122,10 @@ class Settings:
                       "commit, then judge; exactly-once either way, docs/guarantees.md)", "worker"),
     )
     live_states_max: int = field(
-        default=20_000,
+        default=10_000,
         metadata=_opt("Conversation states kept decoded in memory between micro-batches, besides the newest "
-                      "batch's (the rest are read from Redis when their conversation speaks again)", "worker"),
+                      "batch's (the rest are read from Redis when their conversation speaks again; each takes "
+                      "about twice its Redis size, docs/deploy.md)", "worker"),
     )
     progress_every_tokens: int = field(
         default=16, metadata=_opt("Emit a progress watermark every N scored tokens (0: only at final)", "worker")
