@@ -202,7 +202,7 @@ class StreamWorker:
             self._retry("recovery", self.partitions.recovery_step)
             wait_s = 0.0
         self.transactions.forget_rewinds()
-        messages = consumer.consume(num_messages=self._batch_deltas, timeout=max(wait_s, 0.001))
+        messages = self._poll(consumer, max(wait_s, 0.001))
         records = self._records(messages)
         if self.transactions.rewound:
             # A rebalance callback landed the batch in flight and it was rewound: records this poll
@@ -239,6 +239,16 @@ class StreamWorker:
             self.drain()
         self.health.progressed()
         return len(records)
+
+    def _poll(self, consumer: Consumer, wait_s: float) -> list[Message]:
+        """The next records; a batch in flight lands before the loop waits for more, so that its
+        state is in Redis about when its commit is visible, not one batch wait later."""
+        if self._in_flight is not None:
+            messages = consumer.consume(num_messages=self._batch_deltas, timeout=0)
+            if messages:
+                return messages
+            self.drain()
+        return consumer.consume(num_messages=self._batch_deltas, timeout=wait_s)
 
     def drain(self) -> None:
         """Land the batch in flight, if any (before rebalances, recovery, idling and stopping)."""
