@@ -56,7 +56,7 @@ import functools
 import signal
 import time
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -511,6 +511,17 @@ class ConversationRuler:
         self.metrics.changelog_skipped.set(self.store.skipped_records)
         return expired
 
+    async def reseek_stalled(self, assigned: Iterable[Any], position: Callable[[Any], Awaitable[int | None]]) -> None:
+        """Seek back every input partition whose consumer moved past records that never reached us
+        (``OffsetContinuity.stalled``); asked periodically while no rebalance or recovery runs."""
+        if self.continuity is None or self.seek is None:
+            return
+        for tp in assigned:
+            offset = await self.continuity.stalled(tp, functools.partial(position, tp))
+            if offset is not None:
+                self.metrics.input_rewinds.inc()
+                await self.seek(tp, offset)
+
     async def wait_idle(self, timeout_s: float) -> None:
         """Let in-flight rulings finish and their events ack (graceful shutdown)."""
         pending = [*self._inflight.values(), *self._ackers]
@@ -635,7 +646,8 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
                               policies=policies, model_name=gen.name, settings=settings, metrics=metrics,
                               dlq_max_bytes=dlq_limit,
                               continuity=OffsetContinuity(KafkaLogProbe(settings),
-                                                          lambda call: loop.run_in_executor(None, call)),
+                                                          lambda call: loop.run_in_executor(None, call),
+                                                          from_log_start=settings.gen_start_from == "earliest"),
                               seek=lambda tp, offset: app.consumer.seek(tp, offset))
 
     connect_rebalances(app, table, ruler)
@@ -654,6 +666,7 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
     exit_code = 0
     sweep_every_s = max(0.5, min(60.0, settings.gen_draft_idle_s / 4))
     next_sweep = time.monotonic() + sweep_every_s
+    stalled_check = StalledPartitionCheck(app, settings.topic_in, ruler)
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=min(1.0, sweep_every_s))
@@ -668,13 +681,62 @@ async def serve(settings: Settings, metrics: GenMetrics, ops: OpsServer | None,
             if time.monotonic() >= next_sweep:
                 ruler.expire_idle(time.time())
                 next_sweep = time.monotonic() + sweep_every_s
+            stalled_check.maybe_start()
     if ops is not None:
         ops.set_ready(False)
     log.info("generative worker stopping")
+    await stalled_check.stop()
     await ruler.wait_idle(SHUTDOWN_GRACE_S)
     await app.stop()
     await batcher.stop()
     return exit_code
+
+
+class StalledPartitionCheck:
+    """Runs ``ConversationRuler.reseek_stalled`` every few seconds, one run at a time, in the
+    background (a probe of the log can take seconds), and never while faust rebalances, recovers
+    its table or holds the flow of records: partitions are paused then on purpose."""
+
+    EVERY_S = 2.0
+
+    def __init__(self, app: Any, topic: str, ruler: ConversationRuler) -> None:
+        self.app = app
+        self.topic = topic
+        self.ruler = ruler
+        self._task: asyncio.Future[None] | None = None
+        self._next = time.monotonic() + self.EVERY_S
+
+    def _quiet(self) -> bool:
+        app = self.app
+        return (not getattr(app, "rebalancing", False) and app.tables.recovery.completed.is_set()
+                and getattr(app.consumer, "flow_active", True))
+
+    def maybe_start(self) -> None:
+        if time.monotonic() < self._next or (self._task is not None and not self._task.done()):
+            return
+        self._next = time.monotonic() + self.EVERY_S
+        if not self._quiet():
+            return
+        assigned = [tp for tp in self.app.consumer.assignment() if tp.topic == self.topic]
+        self._task = asyncio.ensure_future(self._run(assigned))
+
+    async def _run(self, assigned: list[Any]) -> None:
+        try:
+            await self.ruler.reseek_stalled(assigned, self._position)
+        except Exception as exc:   # a probe or the consumer failed: the next run asks again
+            log.warning("stalled-partition check failed", extra={"error": repr(exc)[:300]})
+
+    async def _position(self, tp: Any) -> int | None:
+        if not self._quiet() or tp not in self.app.consumer.assignment():
+            return None
+        position = await self.app.consumer.position(tp)
+        return None if position is None else int(position)
+
+    async def stop(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
 
 # faust, its `mode` library and aiokafka log ~40 INFO lines per start and rebalance.

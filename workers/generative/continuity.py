@@ -7,12 +7,22 @@ it is fetched again; its own gap bookkeeping then treats the skipped offsets as 
 tests after a SIGKILL: a message never ruled, no DLQ record, the worker healthy).
 docs/generative.md, "Crash safety", describes the rule kept here.
 
+faust also drops records it fetched for a partition that its table recovery had paused, and then
+seeks only the partitions that have a committed offset back: a partition without one stays past
+the dropped records. When those were the partition's last records, no later record shows the
+skip (seen in tests after a SIGKILL: a partition whose first worker committed nothing was never
+read again, the worker healthy and idle).
+
 So the ruler checks each partition's offsets itself. The first record after an assignment must be
-the group's committed offset; after that each record must follow the last one handled. A record
-past the expected offset is either a real hole (transaction markers, records deleted by
-retention: nothing readable lies in between) or a skip. A skip is answered by seeking faust's
-consumer back to the expected offset and dropping the record, which comes again in order; a
-record below the expected offset was handled already and is dropped.
+the group's committed offset (without one: the log start when the worker starts from the earliest
+offset, else the first record that comes); after that each record must follow the last one
+handled. A record past the expected offset is either a real hole (transaction markers, records
+deleted by retention: nothing readable lies in between) or a skip. A skip is answered by seeking
+faust's consumer back to the expected offset and dropping the record, which comes again in order;
+a record below the expected offset was handled already and is dropped. And a partition that has
+delivered nothing for a while is checked against its consumer's position (``stalled``): a position
+past the expected offset with readable records in between is a skip at the tail, answered with
+the same seek.
 
 The log is asked (a short-lived consumer outside faust, in a thread) only when something looks
 wrong or a partition is new: never per record.
@@ -31,11 +41,16 @@ from confluent_kafka import Consumer, TopicPartition
 
 from pipeline.config import Settings
 from pipeline.kafka.clients import consumer_config
+from pipeline.kafka.offsets import watermarks
 from pipeline.logging import get_logger
 
 log = get_logger("guardstream.generative")
 
 RESEEK_AFTER_S = 5.0   # still not back at the expected offset after this long: seek again
+# A partition that delivered nothing this long is checked against its consumer's position. Records
+# merely queued behind a busy ruler are no harm: the seek makes them come twice, and the second
+# copies are dropped as handled already.
+STALLED_AFTER_S = 5.0
 
 
 class Step(enum.Enum):
@@ -53,6 +68,10 @@ class LogProbe(Protocol):
 
     def first_offset_from(self, topic: str, partition: int, offset: int) -> int | None:
         """The offset of the first readable record at or after ``offset`` (None: none in time)."""
+        ...
+
+    def log_start(self, topic: str, partition: int) -> int:
+        """The partition's first offset still in the log."""
         ...
 
 
@@ -92,20 +111,32 @@ class KafkaLogProbe:
         finally:
             consumer.close()
 
+    def log_start(self, topic: str, partition: int) -> int:
+        consumer = self._consumer(f"guardstream-gen-probe-{uuid.uuid4().hex[:12]}")
+        try:
+            return watermarks(consumer, topic, partition)[0]
+        finally:
+            consumer.close()
+
 
 @dataclass
 class _Partition:
     expected: int | None = None        # the next offset the ruler must handle (None: not known yet)
     rewound_at: float | None = None    # monotonic time of our last seek back, while rewinding
     skips: int = field(default=0)
+    last_seen: float = field(default_factory=time.monotonic)   # a record came, or the partition was new
 
 
 class OffsetContinuity:
     """Per input partition: which records to handle, drop, or seek back for (one writer: the ruler)."""
 
-    def __init__(self, probe: LogProbe, ask: Callable[[Callable[[], Any]], Awaitable[Any]]) -> None:
+    def __init__(self, probe: LogProbe, ask: Callable[[Callable[[], Any]], Awaitable[Any]],
+                 from_log_start: bool = True) -> None:
         self.probe = probe
         self.ask = ask   # runs a blocking probe call off the event loop
+        # Where a partition without a committed offset starts: the log start (auto.offset.reset
+        # earliest), or else wherever the reset put the consumer, i.e. the first record that comes.
+        self.from_log_start = from_log_start
         self._partitions: dict[Any, _Partition] = {}
 
     def forget(self, tps: set[Any]) -> None:
@@ -117,12 +148,20 @@ class OffsetContinuity:
         state = self._partitions.get(tp)
         return None if state is None else state.expected
 
+    async def _start(self, tp: Any) -> int | None:
+        """Where reading the partition starts after an assignment (None: at the first record that comes)."""
+        committed = await self.ask(lambda: self.probe.committed(tp.topic, tp.partition))
+        if committed is None and self.from_log_start:
+            return int(await self.ask(lambda: self.probe.log_start(tp.topic, tp.partition)))
+        return committed if committed is None else int(committed)
+
     async def step(self, tp: Any, offset: int) -> Step:
         state = self._partitions.setdefault(tp, _Partition())
+        state.last_seen = time.monotonic()
         if state.expected is None:
-            committed = await self.ask(lambda: self.probe.committed(tp.topic, tp.partition))
-            # Nothing committed: faust starts where auto.offset.reset says; the first record is it.
-            state.expected = offset if committed is None else committed
+            start = await self._start(tp)
+            if state.expected is None:
+                state.expected = offset if start is None else start
         if offset == state.expected:
             state.expected = offset + 1
             state.rewound_at = None
@@ -143,3 +182,39 @@ class OffsetContinuity:
         log.warning("input record skipped by the consumer; seeking back", extra={
             "topic": tp.topic, "partition": tp.partition, "expected": expected, "got": offset})
         return Step.REWIND
+
+    async def stalled(self, tp: Any, position: Callable[[], Awaitable[int | None]]) -> int | None:
+        """The offset to seek ``tp`` back to when its consumer moved past records that never came.
+
+        Asked periodically for every assigned partition; acts only on one that delivered nothing
+        for ``STALLED_AFTER_S``. None: nothing to do.
+        """
+        state = self._partitions.setdefault(tp, _Partition())
+        now = time.monotonic()
+        if now - state.last_seen < STALLED_AFTER_S:
+            return None
+        if state.rewound_at is not None and now - state.rewound_at < RESEEK_AFTER_S:
+            return None
+        at = await position()
+        if at is None:
+            return None
+        if state.expected is None:
+            start = await self._start(tp)
+            if start is None:
+                return None   # the consumer's reset decides where reading starts: nothing was skipped
+            if state.expected is None:
+                state.expected = start
+        expected = state.expected
+        if at <= expected:
+            return None
+        first = await self.ask(lambda: self.probe.first_offset_from(tp.topic, tp.partition, expected))
+        if first is None or first >= at:
+            # Nothing readable between (transaction markers): the next record comes at or after ``at``.
+            if state.expected == expected:
+                state.expected = at
+            return None
+        state.skips += 1
+        state.rewound_at = now
+        log.warning("input records fetched but never handed on by the consumer; seeking back", extra={
+            "topic": tp.topic, "partition": tp.partition, "expected": expected, "position": at})
+        return expected
