@@ -148,20 +148,23 @@ class OffsetContinuity:
         state = self._partitions.get(tp)
         return None if state is None else state.expected
 
-    async def _start(self, tp: Any) -> int | None:
-        """Where reading the partition starts after an assignment (None: at the first record that comes)."""
+    async def _learn_start(self, state: _Partition, tp: Any) -> None:
+        """Set where reading the partition starts after an assignment, if the log says: the committed
+        offset, or without one the log start when starting from the earliest. Left None: the first
+        record that comes is the start."""
         committed = await self.ask(lambda: self.probe.committed(tp.topic, tp.partition))
         if committed is None and self.from_log_start:
-            return int(await self.ask(lambda: self.probe.log_start(tp.topic, tp.partition)))
-        return committed if committed is None else int(committed)
+            committed = await self.ask(lambda: self.probe.log_start(tp.topic, tp.partition))
+        if state.expected is None and committed is not None:   # nothing came meanwhile
+            state.expected = int(committed)
 
     async def step(self, tp: Any, offset: int) -> Step:
         state = self._partitions.setdefault(tp, _Partition())
         state.last_seen = time.monotonic()
         if state.expected is None:
-            start = await self._start(tp)
+            await self._learn_start(state, tp)
             if state.expected is None:
-                state.expected = offset if start is None else start
+                state.expected = offset
         if offset == state.expected:
             state.expected = offset + 1
             state.rewound_at = None
@@ -199,12 +202,10 @@ class OffsetContinuity:
         if at is None:
             return None
         if state.expected is None:
-            start = await self._start(tp)
-            if start is None:
-                return None   # the consumer's reset decides where reading starts: nothing was skipped
-            if state.expected is None:
-                state.expected = start
+            await self._learn_start(state, tp)
         expected = state.expected
+        if expected is None:
+            return None   # the consumer's reset decides where reading starts: nothing was skipped
         if at <= expected:
             return None
         first = await self.ask(lambda: self.probe.first_offset_from(tp.topic, tp.partition, expected))

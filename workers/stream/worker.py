@@ -428,22 +428,23 @@ class StreamWorker:
     # --- rebalances (workers.stream.partitions) -------------------------------------------
     # The batch in flight lands before the assignment changes: a partition leaves with its state
     # written (its next owner replays nothing of ours), and in-memory states start afresh.
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _before_rebalance(self) -> None:
         self.drain()
         self._live.clear()
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._before_rebalance()
         self.partitions.on_assign(consumer, partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.drain()
-        self._live.clear()
+        self._before_rebalance()
         self.partitions.on_revoke(consumer, partitions)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Another worker may own them already: the batch in flight is fenced (aborted, read again
         # by nobody here), or it committed and its fenced Redis write lands or conflicts, as a
         # batch committed just before the loss would have.
-        self.drain()
-        self._live.clear()
+        self._before_rebalance()
         self.partitions.on_lost(consumer, partitions)
 
     def _close(self) -> None:
