@@ -23,12 +23,15 @@ from workers.stream.worker import ProducerFactory
 
 
 class BreakableEngine:
-    """The real engine, failing every call while ``broken`` is set (as a dead CUDA context would)."""
+    """The real engine, failing every call while ``broken`` is set (as a dead CUDA context would), and
+    the calls numbered in ``fail_calls`` (1 is the first call: a transient fault at a chosen moment)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, fail_calls: frozenset[int] = frozenset()) -> None:
         self.inner = inner
         self.model_name = inner.model_name
         self.broken = threading.Event()
+        self.fail_calls = fail_calls
+        self.calls = 0
         self.failed_calls = 0
 
     @property
@@ -36,7 +39,8 @@ class BreakableEngine:
         return getattr(self.inner, "cache", None)
 
     def run(self, requests: Sequence[FeedRequest]) -> list[HeadOutputs]:
-        if self.broken.is_set():
+        self.calls += 1
+        if self.broken.is_set() or self.calls in self.fail_calls:
             self.failed_calls += 1
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return list(self.inner.run(requests))

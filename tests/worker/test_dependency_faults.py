@@ -152,3 +152,29 @@ def test_an_unreachable_dependency_at_startup_is_one_line_naming_it(
     assert "Traceback" not in out and "_TIMED_OUT" not in out
     errors = [line for line in out.splitlines() if '"level": "error"' in line]
     assert len(errors) == 1 and "127.0.0.1:1" in errors[0] and "guardstream up" in errors[0], out
+
+
+def test_an_engine_fault_while_a_batch_commits_lands_that_batch_before_judging_again(
+    settings: Settings, tiny_onnx_dir: Path, sample_conversations: list[Conversation]
+) -> None:
+    from pipeline.onnx.engine import OnnxStreamEngine
+
+    # Small batches from a backlog: each is judged on the states of the one still committing. A
+    # failed attempt may have changed those states in place, so they are dropped; the batch in flight
+    # must land (its states reach Redis) before the next one is judged again from Redis.
+    settings = worker_settings(settings, tiny_onnx_dir, max_inflight_deltas=4)
+    deltas = chunked_deltas(renamed(sample_conversations), seed=6)
+    expected = dedup(expected_verdicts(settings, tiny_onnx_dir, deltas))
+    # Short outages of two calls: the step, and the probe that tells a broken engine from bad input.
+    outages = frozenset(call for start in range(8, 200, 8) for call in (start, start + 1))
+    engine = BreakableEngine(OnnxStreamEngine.from_dir(tiny_onnx_dir, warmup=False), fail_calls=outages)
+    produce_deltas(settings, deltas)
+
+    worker = InProcessWorker(settings, engine).start()
+    wait_until(lambda: input_lag(settings) == 0 or not worker.alive(), 180, "the input to be judged")
+    assert worker.stop() == 0
+    assert engine.failed_calls >= 6
+    assert worker.metric(FAULTS, dependency="engine") >= 3
+    assert worker.metric("guardstream_stream_overlapped_batches_total") > 0
+    assert_same_verdicts(dedup(settled_verdicts(settings, len(expected))), expected)
+    assert dlq_records(settings) == []

@@ -95,14 +95,9 @@ class FaultRetry:
             except FAULTS as exc:
                 if isinstance(exc, KafkaException) and is_fatal(exc):
                     raise  # fenced by a newer instance, or a bug: no retry can help
-                dep = fault_dependency(exc)
-                failed = dep
                 now = time.monotonic()
                 first_failure = first_failure or now
-                self.health.failing(dep, str(exc))
-                self.metrics.faults.labels(dependency=dep).inc()
-                faults_log.log(logging.WARNING, "%s failing; retrying (nothing is committed meanwhile)", dep, extra={
-                    "during": what, "error": str(exc)[:300], "failing_for_s": round(now - first_failure, 1)})
+                dep = failed = self.note(what, exc, now - first_failure)
                 if now - first_failure > self.settings.fault_retry_s:
                     raise WorkerExit(EXIT_DEPENDENCY, f"{dep} kept failing for {self.settings.fault_retry_s}s "
                                                       f"({str(exc)[:200]}); exiting for a restart") from exc
@@ -114,3 +109,12 @@ class FaultRetry:
                 log.info("%s answers again", failed, extra={"during": what})
                 self.health.answered(failed)
             return result
+
+    def note(self, what: str, exc: BaseException, failing_for_s: float = 0.0) -> str:
+        """Count and log a fault (one of FAULTS) met during ``what``; the dependency it blames."""
+        dep = fault_dependency(exc)
+        self.health.failing(dep, str(exc))
+        self.metrics.faults.labels(dependency=dep).inc()
+        faults_log.log(logging.WARNING, "%s failing; retrying (nothing is committed meanwhile)", dep, extra={
+            "during": what, "error": str(exc)[:300], "failing_for_s": round(failing_for_s, 1)})
+        return dep

@@ -38,7 +38,7 @@ from pipeline.config import Settings
 from pipeline.dlq import dlq_max_bytes
 from pipeline.kafka.clients import make_consumer, make_producer
 from pipeline.state.store import NO_WATERMARK, StateStore
-from workers.stream.faults import EXIT_DEPENDENCY, FaultRetry, WorkerExit, faults_log, may_retry
+from workers.stream.faults import EXIT_DEPENDENCY, FAULTS, FaultRetry, WorkerExit, faults_log, may_retry
 from workers.stream.health import ENGINE, KAFKA, REDIS, WorkerHealth
 from workers.stream.live_states import LiveStates, usable_age_s
 from workers.stream.metrics import StreamMetrics, brokers_up, observe_batch, parse_kafka_stats
@@ -76,7 +76,8 @@ class _BatchRewound(Exception):
 
 
 class _LandFirst(Exception):
-    """Redis is not what the batch in flight was judged on: land that batch, then judge again."""
+    """The batch being judged needs the batch in flight's states in Redis (Redis is not what that batch
+    was judged on, or a failed attempt dropped its states from memory): land it, then judge again."""
 
 
 class StreamWorker:
@@ -325,8 +326,16 @@ class StreamWorker:
             try:
                 result = self.processor.process(records, self._own.watermarks, now_ms(), sweep, live=self._live,
                                                 pending_watermarks=pending)
-            except BaseException:
+            except FAULTS as exc:
                 self._live.clear()   # the failed attempt may have changed states in place
+                if flight is None:
+                    raise
+                # The batch in flight's states were in memory only and are gone now: land it, so that
+                # the next attempt finds them in Redis (else it would judge on the states before it).
+                self._retry.note("judge", exc)
+                raise _LandFirst from exc
+            except BaseException:
+                self._live.clear()
                 raise
             if isinstance(result, BatchOutcome):
                 return result
