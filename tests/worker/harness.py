@@ -219,3 +219,12 @@ def duplicates(found: Iterable[Verdict]) -> list[str]:
             dup.append(v.verdict_id)
         seen.add(v.verdict_id)
     return dup
+
+
+def assert_fault_free_outcome(settings: Settings, expected: dict[str, tuple[object, ...]]) -> None:
+    """After a dependency fault (Kafka, Redis, the engine): the verdicts of a fault-free run, each
+    published once, and nothing blamed on the input."""
+    found = settled_verdicts(settings, len(expected))
+    assert duplicates(found) == [], "a batch was published twice"
+    assert_same_verdicts(dedup(found), expected)
+    assert dlq_records(settings) == [], "a fault that was not the input's was blamed on it"

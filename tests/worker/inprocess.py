@@ -16,6 +16,7 @@ import redis
 
 from pipeline.config import Settings
 from pipeline.engine.types import FeedRequest, HeadOutputs
+from tests.worker.harness import input_lag, wait_until
 from workers.stream.app import build_worker
 from workers.stream.health import WorkerHealth
 from workers.stream.metrics import StreamMetrics
@@ -87,6 +88,14 @@ class InProcessWorker:
     def metric(self, name: str, **labels: str) -> float:
         value = self.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else float(value)
+
+
+def judge_backlog(settings: Settings, worker: InProcessWorker) -> InProcessWorker:
+    """Start ``worker``, wait until the input it was given is committed (or it died), stop it: exit 0."""
+    worker.start()
+    wait_until(lambda: input_lag(settings) == 0 or not worker.alive(), 180, "the input to be judged")
+    assert worker.stop() == 0
+    return worker
 
 
 def free_port() -> int:

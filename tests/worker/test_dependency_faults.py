@@ -20,6 +20,7 @@ from tests.fixtures.stack import produce_deltas
 from tests.worker.conftest import chunked_deltas, expected_verdicts, renamed
 from tests.worker.harness import (
     REPO,
+    assert_fault_free_outcome,
     assert_same_verdicts,
     dedup,
     dlq_records,
@@ -29,7 +30,7 @@ from tests.worker.harness import (
     wait_until,
     worker_settings,
 )
-from tests.worker.inprocess import BreakableEngine, InProcessWorker, ThrowawayRedis
+from tests.worker.inprocess import BreakableEngine, InProcessWorker, ThrowawayRedis, judge_backlog
 from workers.stream.worker import EXIT_DEPENDENCY
 
 FAULTS = "guardstream_stream_dependency_faults_total"
@@ -170,11 +171,8 @@ def test_an_engine_fault_while_a_batch_commits_lands_that_batch_before_judging_a
     engine = BreakableEngine(OnnxStreamEngine.from_dir(tiny_onnx_dir, warmup=False), fail_calls=outages)
     produce_deltas(settings, deltas)
 
-    worker = InProcessWorker(settings, engine).start()
-    wait_until(lambda: input_lag(settings) == 0 or not worker.alive(), 180, "the input to be judged")
-    assert worker.stop() == 0
+    worker = judge_backlog(settings, InProcessWorker(settings, engine))
     assert engine.failed_calls >= 6
     assert worker.metric(FAULTS, dependency="engine") >= 3
     assert worker.metric("guardstream_stream_overlapped_batches_total") > 0
-    assert_same_verdicts(dedup(settled_verdicts(settings, len(expected))), expected)
-    assert dlq_records(settings) == []
+    assert_fault_free_outcome(settings, expected)

@@ -28,17 +28,13 @@ from tests.worker.conftest import chunked_deltas, expected_verdicts, renamed
 from tests.worker.faulty_kafka import Fault, FaultyKafka
 from tests.worker.harness import (
     REPO,
-    assert_same_verdicts,
+    assert_fault_free_outcome,
     dedup,
-    dlq_records,
-    duplicates,
     input_lag,
     settings_env,
-    settled_verdicts,
-    wait_until,
     worker_settings,
 )
-from tests.worker.inprocess import InProcessWorker
+from tests.worker.inprocess import InProcessWorker, judge_backlog
 from workers.stream.worker import EXIT_DEPENDENCY
 
 ABORTED = "guardstream_stream_transactions_aborted_total"
@@ -57,17 +53,7 @@ def _input(settings: Settings, onnx_dir: Path, conversations: list[Conversation]
 
 
 def _judge_all(settings: Settings, faults: FaultyKafka) -> InProcessWorker:
-    worker = InProcessWorker(settings, producer_factory=faults).start()
-    wait_until(lambda: input_lag(settings) == 0 or not worker.alive(), 180, "the input to be judged")
-    assert worker.stop() == 0
-    return worker
-
-
-def _assert_fault_free_outcome(settings: Settings, expected: dict[str, tuple[object, ...]]) -> None:
-    found = settled_verdicts(settings, len(expected))
-    assert duplicates(found) == [], "a batch was published twice"
-    assert_same_verdicts(dedup(found), expected)
-    assert dlq_records(settings) == [], "a Kafka fault was blamed on the input"
+    return judge_backlog(settings, InProcessWorker(settings, producer_factory=faults))
 
 
 def test_a_timed_out_commit_is_settled_by_a_fresh_producer_and_the_aborted_batch_judged_again(
@@ -84,7 +70,7 @@ def test_a_timed_out_commit_is_settled_by_a_fresh_producer_and_the_aborted_batch
     assert faults.opened == 2, "the failed transaction is settled by a fresh producer, not retried on the old one"
     assert worker.metric(ABORTED) == 1, "the fresh producer's fencing aborted the batch: judged again"
     assert worker.metric(FAULTS, dependency="kafka") >= 1
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
 
 
 def test_a_commit_that_went_through_before_its_error_is_not_judged_again(
@@ -101,7 +87,7 @@ def test_a_commit_that_went_through_before_its_error_is_not_judged_again(
     assert faults.injected == ["commit_transaction:raise_after"] and faults.opened == 2
     # The committed offsets show the batch went through: the worker carries on to the Redis write
     # instead of counting an abort and reading the batch again.
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
     assert worker.metric(ABORTED) == 0
 
 
@@ -122,7 +108,7 @@ def test_an_abortable_error_aborts_on_the_same_producer_and_the_batch_is_judged_
     assert faults.opened == 1, "an abortable error needs no fresh producer"
     assert worker.metric(ABORTED) == 1
     # The aborted transaction had produced the batch's verdicts: read-committed readers never see them.
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
 
 
 def test_an_abort_under_an_overlapped_batch_throws_that_batch_away_and_reads_both_again(
@@ -143,7 +129,7 @@ def test_an_abort_under_an_overlapped_batch_throws_that_batch_away_and_reads_bot
     assert worker.metric(OVERLAPPED) > 0, "no batch was judged while another committed"
     assert worker.metric(ABORTED) == 1
     assert worker.metric(REJUDGED) == 1, "the batch judged on the aborted one was not thrown away"
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
 
 
 def test_a_fatal_error_is_not_retried_and_leaves_the_loop_with_nothing_committed(
@@ -163,7 +149,7 @@ def test_a_fatal_error_is_not_retried_and_leaves_the_loop_with_nothing_committed
     assert input_lag(settings) == len(deltas)
 
     _judge_all(settings, FaultyKafka())
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
 
 
 def test_kafka_failing_past_fault_retry_s_ends_the_loop_with_75_having_committed_nothing(
@@ -185,7 +171,7 @@ def test_kafka_failing_past_fault_retry_s_ends_the_loop_with_75_having_committed
 
     # Restarted (same transactional.id: it aborts what the first left open), it judges everything once.
     _judge_all(settings, FaultyKafka())
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
 
 
 def test_a_kafka_call_that_hangs_past_its_timeout_ends_the_process_with_75_and_a_restart_resumes(
@@ -207,4 +193,4 @@ def test_a_kafka_call_that_hangs_past_its_timeout_ends_the_process_with_75_and_a
 
     # What a supervisor does with 75: restart. The same transactional.id aborts the hung transaction.
     _judge_all(settings, FaultyKafka())
-    _assert_fault_free_outcome(settings, expected)
+    assert_fault_free_outcome(settings, expected)
